@@ -1,0 +1,34 @@
+# The two commands: `make up` (stack + smoke test) and `make test` (every test).
+SHELL := /bin/bash
+VENV ?= $(CURDIR)/.venv
+export PATH := $(VENV)/bin:$(PATH)
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export CULLIS_STACK_DIR ?= $(CURDIR)/.stack
+INVENTORY ?= inventories/local
+
+.PHONY: deps up down smoke test test-fast lint sanity units pytest help
+
+help:
+	@echo "make up          deploy the whole local stack and run its smoke test"
+	@echo "make down        stop the stack (PURGE=1 also deletes $$CULLIS_STACK_DIR)"
+	@echo "make test        run every test (installs and starts what they need)"
+
+deps:
+	@scripts/bootstrap.sh
+
+up: deps
+	ansible-playbook -i $(INVENTORY) playbooks/deploy.yml
+	ansible-playbook -i $(INVENTORY) playbooks/smoke.yml
+	@ansible-playbook -i $(INVENTORY) playbooks/summary.yml
+
+smoke: deps
+	ansible-playbook -i $(INVENTORY) playbooks/smoke.yml
+
+down: deps
+	ansible-playbook -i $(INVENTORY) playbooks/down.yml -e purge=$(if $(PURGE),true,false)
+
+test: deps
+	@scripts/test.sh all
+
+lint sanity units pytest: deps
+	@scripts/test.sh $@

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The whole test suite, stage by stage. Every stage runs even when an earlier one failed; the
+# exit status is non-zero if any failed. Usage: scripts/test.sh [all|lint|sanity|units|pytest]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+REPO=$(pwd)
+VENV=${VENV:-$REPO/.venv}
+export PATH="$VENV/bin:$PATH"
+export ANSIBLE_CONFIG="$REPO/ansible.cfg"
+COLL="$REPO/collections/ansible_collections/cullis/broker"
+what=${1:-all}
+failed=()
+
+stage() {  # stage NAME COMMAND...
+  local name=$1; shift
+  echo "=== stage $name: $*"
+  local t0=$SECONDS
+  if "$@"; then echo "=== stage $name: ok ($((SECONDS - t0)) s)"
+  else echo "=== stage $name: FAILED ($((SECONDS - t0)) s)"; failed+=("$name"); fi
+}
+
+run_lint() { ansible-lint --offline -q playbooks roles "$COLL"; }
+run_sanity() { (cd "$COLL" && ansible-test sanity --python 3.11 --local --color no); }
+run_units() { (cd "$COLL" && ansible-test units --python 3.11 --local --color no); }
+run_pytest() {
+  # broker_src tests, module integration tests and end-to-end stack tests, all on real services.
+  pytest -p no:cacheprovider broker_src/tests tests
+}
+
+case "$what" in
+  all|lint) stage lint run_lint ;;&
+  all|sanity) stage sanity run_sanity ;;&
+  all|units) stage units run_units ;;&
+  all|pytest) stage pytest run_pytest ;;
+esac
+
+if [ ${#failed[@]} -gt 0 ]; then echo "FAILED stages: ${failed[*]}"; exit 1; fi
+echo "all stages passed"

@@ -1,0 +1,167 @@
+"""Run collection modules and playbooks from pytest, the way an operator runs them.
+
+`run_module()` writes a one-task playbook and runs it with `ansible-playbook` and the json
+callback, so a module goes through the real Ansible executor (argument_spec, no_log, check
+mode). `run_playbook()` runs a repository playbook and returns the per-host stats. Both keep the
+full stdout so tests can assert that no secret was printed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+COLLECTIONS = REPO / "collections"
+
+
+def ansible_env(extra: dict | None = None, callback: str = "json") -> dict:
+    env = dict(os.environ)
+    venv_bin = str(Path(sys.executable).parent)
+    env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")
+    env.update({
+        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+        "ANSIBLE_COLLECTIONS_PATH": str(COLLECTIONS),
+        "ANSIBLE_STDOUT_CALLBACK": callback,
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_FORCE_COLOR": "0",
+        "ANSIBLE_RETRY_FILES_ENABLED": "0",
+        "ANSIBLE_LOCALHOST_WARNING": "0",
+        "ANSIBLE_INVENTORY_UNPARSED_WARNING": "0",
+    })
+    if extra:
+        env.update(extra)
+    return env
+
+
+@dataclass
+class ModuleResult:
+    rc: int
+    stdout: str
+    stderr: str
+    result: dict = field(default_factory=dict)
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.result.get("failed"))
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.result.get("changed"))
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def _json_from_stdout(stdout: str) -> dict:
+    start = stdout.find("{")
+    return json.loads(stdout[start:]) if start >= 0 else {}
+
+
+def run_module(module: str, args: dict, *, check: bool = False, diff: bool = False, verbosity: int = 0,
+               env: dict | None = None, timeout: float = 600) -> ModuleResult:
+    """Run one module task on localhost; `module` may be short (`vault_unseal`) or a FQCN."""
+    fqcn = module if "." in module else f"cullis.broker.{module}"
+    play = [{"hosts": "localhost", "gather_facts": False, "connection": "local",
+             "vars": {"ansible_python_interpreter": sys.executable},
+             "tasks": [{"name": "module under test", fqcn: args, "register": "out"}]}]
+    with tempfile.TemporaryDirectory(prefix="cullis-mod-") as tmp:
+        pb = Path(tmp) / "play.yml"
+        pb.write_text(yaml.safe_dump(play))
+        argv = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", str(pb)]
+        if check:
+            argv.append("--check")
+        if diff:
+            argv.append("--diff")
+        if verbosity:
+            argv.append("-" + "v" * verbosity)
+        proc = subprocess.run(argv, capture_output=True, text=True, env=ansible_env(env), timeout=timeout)
+    result: dict = {}
+    try:
+        data = _json_from_stdout(proc.stdout)
+        result = data["plays"][0]["tasks"][0]["hosts"]["localhost"]
+    except (ValueError, KeyError, IndexError):
+        pass
+    return ModuleResult(proc.returncode, proc.stdout, proc.stderr, result)
+
+
+@dataclass
+class PlaybookResult:
+    rc: int
+    stdout: str
+    stderr: str
+    stats: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
+
+    def host_stats(self, host: str = "localhost") -> dict:
+        return self.stats.get(host, {})
+
+    @property
+    def changed(self) -> int:
+        return sum(s.get("changed", 0) for s in self.stats.values())
+
+    @property
+    def failed(self) -> int:
+        return sum(s.get("failures", 0) + s.get("unreachable", 0) for s in self.stats.values())
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+    def task_results(self, name: str, host: str = "localhost") -> list[dict]:
+        """Results of every task with this name (json callback only)."""
+        found = []
+        for play in self.data.get("plays", []):
+            for task in play.get("tasks", []):
+                if task.get("task", {}).get("name") == name and host in task.get("hosts", {}):
+                    found.append(task["hosts"][host])
+        return found
+
+
+def run_playbook(playbook: str | Path, *, inventory: str | Path | None = None, extra_vars: dict | None = None,
+                 check: bool = False, diff: bool = False, verbosity: int = 0, callback: str = "json",
+                 env: dict | None = None, timeout: float = 1800) -> PlaybookResult:
+    """Run a playbook (path relative to the repo root allowed) from the repo root."""
+    argv = [str(Path(sys.executable).parent / "ansible-playbook"), str(REPO / playbook)]
+    if inventory:
+        argv += ["-i", str(REPO / inventory)]
+    if extra_vars:
+        argv += ["-e", json.dumps(extra_vars)]
+    if check:
+        argv.append("--check")
+    if diff:
+        argv.append("--diff")
+    if verbosity:
+        argv.append("-" + "v" * verbosity)
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, env=ansible_env(env, callback),
+                          timeout=timeout)
+    stats, data = {}, {}
+    if callback == "json":
+        try:
+            data = _json_from_stdout(proc.stdout)
+            stats = data.get("stats", {})
+        except ValueError:
+            pass
+    else:
+        stats = _parse_recap(proc.stdout)
+    return PlaybookResult(proc.returncode, proc.stdout, proc.stderr, stats, data)
+
+
+def _parse_recap(stdout: str) -> dict:
+    stats = {}
+    in_recap = False
+    for line in stdout.splitlines():
+        if line.startswith("PLAY RECAP"):
+            in_recap = True
+            continue
+        if in_recap and ":" in line and "=" in line:
+            host, _, rest = line.partition(":")
+            stats[host.strip()] = {k: int(v) for k, v in (p.split("=") for p in rest.split())}
+    return stats
