@@ -174,6 +174,6 @@ def read_env_file(path):
             line = line.strip()
             if not line or line.startswith('#') or '=' not in line:
                 continue
-            key, _, value = line.partition('=')
+            key, dummy, value = line.partition('=')
             values[key.strip()] = value.strip().strip('"').strip("'")
     return values
