@@ -19,7 +19,11 @@ stage() {  # stage NAME COMMAND...
   else echo "=== stage $name: FAILED ($((SECONDS - t0)) s)"; failed+=("$name"); fi
 }
 
-run_lint() { ansible-lint --offline -q playbooks roles "$COLL"; }
+run_lint() {
+  local paths=(playbooks "$COLL")
+  [ -d roles ] && paths+=(roles)
+  ansible-lint --offline -q "${paths[@]}"
+}
 run_sanity() { (cd "$COLL" && ansible-test sanity --python 3.11 --local --color no); }
 run_units() { (cd "$COLL" && ansible-test units --python 3.11 --local --color no); }
 run_pytest() {
