@@ -1,0 +1,468 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) Cullis operations team
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: org_onboard
+short_description: Onboard an organization and its agents on a Cullis broker, ready for agent logins
+version_added: "0.1.0"
+description:
+  - Ensures an organization exists on the broker and that its agents can log in, using only the
+    broker's HTTP API (works against any Cullis broker, no database access).
+  - "Steps, each done only when needed: the admin creates the org (C(POST /v1/registry/orgs));
+    the org uploads its CA (C(POST /v1/registry/orgs/{id}/certificate), org credentials); the admin
+    pins the org's mastio public key (C(PATCH /v1/admin/orgs/{id}/mastio-pubkey)); each agent is
+    published with C(POST /v1/federation/publish-agent), countersigned with the mastio key; its
+    binding is created and approved with the org credentials."
+  - Generates what the org needs into O(identity_dir) the first time (EC P-256 org CA, mastio key,
+    org secret, one classic-mode certificate per agent) and reuses it afterwards. Private keys and
+    the org secret are written with mode C(0600). M(cullis.broker.agent_login) and other playbooks
+    log the agents in from that directory.
+  - "Layout of O(identity_dir): C(org.json) (what was pushed, no secrets), C(org-secret),
+    C(ca.pem), C(ca-key.pem), C(mastio-key.pem), C(agents/<name>/) with C(identity.json),
+    C(cert.pem), C(key.pem), C(chain.pem), C(mastio-key.pem)."
+  - "Idempotent: an existing org whose credentials match the org secret in O(identity_dir) and
+    whose CA and mastio key were already pushed from this directory is left alone; agents with an
+    approved binding are left alone. Approving an already approved binding is a 500 on real
+    brokers, so binding status is read first."
+  - An org that exists on the broker but whose secret is not known (not in O(identity_dir), not
+    given in O(org_secret)) or does not match is an error, never overwritten.
+author:
+  - Cullis operations team
+extends_documentation_fragment:
+  - cullis.broker.broker
+attributes:
+  check_mode:
+    support: full
+    details:
+      - Reads the broker state and reports what would be done; writes nothing to the broker or to
+        O(identity_dir).
+  diff_mode:
+    support: none
+  idempotent:
+    support: full
+options:
+  org_id:
+    description:
+      - Organization id (letters, digits, C(.), C(_), C(-); at most 128 characters).
+    type: str
+    required: true
+  display_name:
+    description:
+      - Display name used when the org is created. Defaults to O(org_id).
+    type: str
+  identity_dir:
+    description:
+      - Directory holding the org's generated identity (created with mode C(0700) if missing).
+    type: path
+    required: true
+  org_secret:
+    description:
+      - The org secret (C(x-org-secret)), at most 72 bytes (bcrypt's limit).
+      - Defaults to the one stored in O(identity_dir); when there is none a random one is
+        generated and stored there (mode C(0600)).
+    type: str
+  agents:
+    description:
+      - Agents of the org that must be able to log in.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      name:
+        description:
+          - Short agent name; the agent id is C(<org_id>::<name>). C(<org_id>::<name>) is accepted too.
+        type: str
+        required: true
+      display_name:
+        description: Display name published for the agent. Defaults to the agent id.
+        type: str
+      capabilities:
+        description: Capabilities published for the agent.
+        type: list
+        elements: str
+        default: []
+      scope:
+        description: Binding scope; must be a subset of O(agents[].capabilities). Defaults to the capabilities.
+        type: list
+        elements: str
+requirements:
+  - cryptography
+seealso:
+  - module: cullis.broker.agent_login
+"""
+
+EXAMPLES = r"""
+- name: Onboard a demo org with two agents
+  cullis.broker.org_onboard:
+    broker_url: https://127.0.0.1:8443
+    ca_path: "{{ cullis_tls_ca_path }}"
+    admin_secret: "{{ cullis_admin_secret }}"
+    org_id: demo-acme
+    identity_dir: "{{ cullis_stack_dir }}/identities/demo-acme"
+    agents:
+      - name: buyer
+        capabilities: [order.read]
+      - name: auditor
+  register: acme
+
+- name: The same, with the connection options set once for the play
+  module_defaults:
+    group/cullis.broker.broker:
+      broker_url: "{{ cullis_broker_public_url }}"
+      ca_path: "{{ cullis_tls_ca_path }}"
+      admin_secret: "{{ cullis_admin_secret }}"
+  block:
+    - name: Onboard org B
+      cullis.broker.org_onboard:
+        org_id: demo-globex
+        identity_dir: /srv/cullis/identities/demo-globex
+        agents:
+          - name: seller
+"""
+
+RETURN = r"""
+org_id:
+  description: The org id.
+  returned: always
+  type: str
+identity_dir:
+  description: Absolute path of the identity directory.
+  returned: always
+  type: str
+actions:
+  description: What was done (or, in check mode, would be done), in order.
+  returned: always
+  type: list
+  elements: str
+  sample: ["create org demo-acme", "upload org CA", "pin mastio public key", "publish agent demo-acme::buyer"]
+org_created:
+  description: Whether the org was created by this run.
+  returned: always
+  type: bool
+ca_cert_path:
+  description: Path of the org CA certificate.
+  returned: always
+  type: str
+org_secret_path:
+  description: Path of the file holding the org secret (mode 0600). The secret itself is never returned.
+  returned: always
+  type: str
+agents:
+  description: One entry per agent of O(agents).
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    agent_id:
+      description: Full agent id.
+      type: str
+    name:
+      description: Short agent name.
+      type: str
+    dir:
+      description: Agent identity directory (for M(cullis.broker.agent_login)).
+      type: str
+    cert_serial_hex:
+      description: Serial of the agent certificate as the revocation API wants it (lowercase hex, no leading zeros).
+      type: str
+    cert_thumbprint:
+      description: SHA-256 of the certificate DER (what the broker pins).
+      type: str
+    binding_id:
+      description: Id of the org's binding for the agent (null in check mode before creation).
+      type: int
+    binding_status:
+      description: Binding status after the run (C(approved) unless in check mode).
+      type: str
+"""
+
+import os
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible_collections.cullis.broker.plugins.module_utils._broker import (
+    BrokerClient, BrokerError, broker_argument_spec, path_quote)
+from ansible_collections.cullis.broker.plugins.module_utils import _org_identity as oid
+from ansible_collections.cullis.broker.plugins.module_utils._agent_client import AgentIdentity, publish_agent
+
+
+class OnboardError(Exception):
+    pass
+
+
+class Onboarder(object):
+    def __init__(self, module, client):
+        self.module = module
+        self.client = client
+        self.check = module.check_mode
+        p = module.params
+        self.org_id = p['org_id']
+        self.display_name = p['display_name'] or p['org_id']
+        self.dir = oid.OrgIdentityDir(os.path.abspath(p['identity_dir']))
+        self.actions = []
+        self.org_created = False
+        self.state = self.dir.load_state()
+        if self.state.get('org_id') not in (None, self.org_id):
+            raise OnboardError("identity_dir %s belongs to org %r, not %r; use another directory"
+                               % (self.dir.path, self.state.get('org_id'), self.org_id))
+        self.secret = p['org_secret'] or self.dir.load_secret()
+        self.secret_is_new = False
+
+    # --- HTTP helpers ---------------------------------------------------------------------
+    def org_headers(self):
+        return {'x-org-id': self.org_id, 'x-org-secret': self.secret}
+
+    def call(self, what, method, path, body=None, admin=False, org=False, ok=(200,), query=None):
+        resp = self.client.request(method, path, body=body, admin=admin, query=query,
+                                   headers=self.org_headers() if org else None)
+        if resp.status not in ok:
+            raise OnboardError("%s failed: %s %s answered HTTP %s: %s"
+                               % (what, method, path, resp.status, resp.detail))
+        return resp
+
+    def act(self, text):
+        self.actions.append(text)
+
+    # --- steps ----------------------------------------------------------------------------
+    def ensure_org(self):
+        resp = self.call('reading org %s' % self.org_id, 'GET', '/v1/registry/orgs/' + path_quote(self.org_id),
+                         admin=True, ok=(200, 404))
+        if resp.status == 404:
+            if not self.secret:
+                self.secret = oid.new_org_secret()
+                self.secret_is_new = True
+            self.act('create org %s' % self.org_id)
+            self.org_created = True
+            if not self.check:
+                self.save_secret()
+                self.call('creating org %s' % self.org_id, 'POST', '/v1/registry/orgs', admin=True, ok=(201,),
+                          body={'org_id': self.org_id, 'display_name': self.display_name,
+                                'secret': self.secret, 'metadata': {}})
+            return
+        org = resp.json() or {}
+        if not self.secret:
+            raise OnboardError("org %s already exists on the broker and no org secret is known (none in %s, "
+                               "org_secret not set): pass org_secret, or onboard a new org_id"
+                               % (self.org_id, self.dir.file(oid.SECRET_FILE)))
+        me = self.call('checking the credentials of org %s' % self.org_id, 'GET', '/v1/registry/orgs/me',
+                       org=True, ok=(200, 401, 403))
+        if me.status != 200:
+            raise OnboardError("org %s already exists on the broker but rejects the org secret (HTTP %s: %s): "
+                               "pass the right org_secret, or onboard a new org_id"
+                               % (self.org_id, me.status, me.detail))
+        if org.get('status') != 'active':
+            raise OnboardError("org %s exists but is %r, not active: approve it first "
+                               "(POST /v1/admin/orgs/%s/approve) or onboard a new org_id"
+                               % (self.org_id, org.get('status'), self.org_id))
+        if self.dir.load_secret() != self.secret and not self.check:
+            self.save_secret()
+
+    def save_secret(self):
+        if self.dir.load_secret() != self.secret:
+            self.dir.ensure_dirs()
+            self.dir.save_secret(self.secret)
+
+    def ensure_ca(self):
+        ca = self.dir.load_ca()
+        if ca is None:
+            self.act('generate org CA')
+            if self.check:
+                return None
+            ca = oid.make_org_ca(self.org_id)
+            self.dir.ensure_dirs()
+            self.dir.save_ca(*ca)
+        ca_pem = oid.cert_pem(ca[1])
+        digest = oid.sha256_hex(ca_pem)
+        if self.org_created or self.state.get('ca_uploaded_sha256') != digest:
+            self.act('upload org CA')
+            if not self.check:
+                self.call('uploading the CA of org %s' % self.org_id, 'POST',
+                          '/v1/registry/orgs/%s/certificate' % path_quote(self.org_id), org=True,
+                          body={'ca_certificate': ca_pem})
+                self.state['ca_uploaded_sha256'] = digest
+                self.save_state()
+        return ca
+
+    def ensure_mastio(self):
+        key = self.dir.load_mastio_key()
+        if key is None:
+            self.act('generate mastio key')
+            if self.check:
+                return None
+            key = oid.new_ec_key()
+            self.dir.ensure_dirs()
+            self.dir.save_mastio_key(key)
+        pub = oid.public_pem(key)
+        digest = oid.sha256_hex(pub)
+        if self.org_created or self.state.get('mastio_pinned_sha256') != digest:
+            self.act('pin mastio public key')
+            if not self.check:
+                self.call('pinning the mastio key of org %s' % self.org_id, 'PATCH',
+                          '/v1/admin/orgs/%s/mastio-pubkey' % path_quote(self.org_id), admin=True,
+                          body={'mastio_pubkey': pub})
+                self.state['mastio_pinned_sha256'] = digest
+                self.save_state()
+        return key
+
+    def bindings(self):
+        if self.org_created:
+            return {}
+        resp = self.call('listing the bindings of org %s' % self.org_id, 'GET', '/v1/registry/bindings',
+                         org=True, query={'org_id': self.org_id})
+        found = {}
+        for b in resp.json() or []:
+            if isinstance(b, dict) and b.get('org_id') == self.org_id:
+                found[b.get('agent_id')] = b
+        return found
+
+    def agent_identity(self, spec, ca, mastio_key):
+        """Load or (outside check mode) create the agent's identity directory."""
+        agent_id, name = spec['agent_id'], spec['short']
+        adir = self.dir.agent_dir(name)
+        if os.path.exists(os.path.join(adir, 'identity.json')):
+            ident = AgentIdentity.load(adir)
+            if ca is not None:
+                cert = oid.load_cert(ident.cert_pem)
+                if cert.issuer != ca[1].subject:
+                    raise OnboardError("agent certificate %s/cert.pem was not issued by the org CA in %s; "
+                                       "remove the agent directory to issue a new one" % (adir, self.dir.path))
+            return ident, False
+        if self.check or ca is None:
+            return None, True
+        key, cert = oid.issue_agent_cert(ca[0], ca[1], self.org_id, agent_id)
+        ident = AgentIdentity(agent_id, self.org_id, oid.cert_pem(cert), oid.private_pem(key),
+                              chain_pems=(), mastio_key_pem=oid.private_pem(mastio_key))
+        ident.save(adir)
+        return ident, True
+
+    def ensure_agent(self, spec, ca, mastio_key, bindings):
+        agent_id = spec['agent_id']
+        ident, new_cert = self.agent_identity(spec, ca, mastio_key)
+        if new_cert:
+            self.act('issue certificate for %s' % agent_id)
+        binding = bindings.get(agent_id)
+        out = {'agent_id': agent_id, 'name': spec['short'], 'dir': self.dir.agent_dir(spec['short']),
+               'cert_serial_hex': None, 'cert_thumbprint': None, 'binding_id': None, 'binding_status': None}
+        if ident is not None:
+            cert = oid.load_cert(ident.cert_pem)
+            out['cert_serial_hex'] = oid.serial_hex(cert)
+            out['cert_thumbprint'] = oid.cert_thumbprint(cert)
+        published = self.state.setdefault('agents', {}).get(agent_id, {})
+        if binding is None or new_cert or published.get('cert_thumbprint') != out['cert_thumbprint']:
+            self.act('publish agent %s' % agent_id)
+            if not self.check:
+                resp = publish_agent(self.client, mastio_key, agent_id, ident.cert_pem.decode('ascii'),
+                                     capabilities=spec['capabilities'], display_name=spec['display_name'])
+                if resp.status != 200:
+                    raise OnboardError("publishing agent %s failed: HTTP %s: %s" % (agent_id, resp.status, resp.detail))
+                self.state['agents'][agent_id] = {'cert_thumbprint': out['cert_thumbprint'],
+                                                  'cert_serial_hex': out['cert_serial_hex']}
+                self.save_state()
+        if binding is None:
+            self.act('create binding for %s' % agent_id)
+            if not self.check:
+                resp = self.call('creating the binding of %s' % agent_id, 'POST', '/v1/registry/bindings',
+                                 org=True, ok=(201,),
+                                 body={'org_id': self.org_id, 'agent_id': agent_id, 'scope': spec['scope']})
+                binding = resp.json()
+        if binding is not None:
+            out['binding_id'] = binding.get('id')
+            out['binding_status'] = binding.get('status')
+        if out['binding_status'] != 'approved':
+            self.act('approve binding for %s' % agent_id)
+            if not self.check:
+                resp = self.call('approving the binding of %s' % agent_id, 'POST',
+                                 '/v1/registry/bindings/%s/approve' % out['binding_id'], org=True)
+                out['binding_status'] = (resp.json() or {}).get('status', 'approved')
+        return out
+
+    def save_state(self):
+        self.state['org_id'] = self.org_id
+        self.dir.ensure_dirs()
+        self.dir.save_state(self.state)
+
+    def run(self, agent_specs):
+        self.ensure_org()
+        ca = self.ensure_ca()
+        mastio_key = self.ensure_mastio()
+        if not self.check and not self.state.get('org_id'):
+            self.save_state()
+        bindings = self.bindings()
+        agents = [self.ensure_agent(spec, ca, mastio_key, bindings) for spec in agent_specs]
+        return agents
+
+
+def agent_specs(module):
+    org_id = module.params['org_id']
+    specs, seen = [], set()
+    for a in module.params['agents']:
+        try:
+            agent_id, short = oid.agent_id_for(org_id, a['name'])
+        except ValueError as e:
+            module.fail_json(msg=str(e))
+        if not oid.NAME_RE.match(short):
+            module.fail_json(msg="agent name %r: use letters, digits, '.', '_' and '-' only" % a['name'])
+        if agent_id in seen:
+            module.fail_json(msg="agent %s is listed twice" % agent_id)
+        seen.add(agent_id)
+        caps = list(a.get('capabilities') or [])
+        scope = list(caps if a.get('scope') is None else a['scope'])
+        extra = sorted(set(scope) - set(caps))
+        if extra:
+            module.fail_json(msg="agent %s: scope %s not in its capabilities %s" % (agent_id, extra, caps))
+        specs.append({'agent_id': agent_id, 'short': short, 'capabilities': caps, 'scope': scope,
+                      'display_name': a.get('display_name') or agent_id})
+    return specs
+
+
+def main():
+    argument_spec = broker_argument_spec(admin_secret_required=True)
+    argument_spec.update(
+        org_id=dict(type='str', required=True),
+        display_name=dict(type='str'),
+        identity_dir=dict(type='path', required=True),
+        org_secret=dict(type='str', no_log=True),
+        agents=dict(type='list', elements='dict', default=[], options=dict(
+            name=dict(type='str', required=True),
+            display_name=dict(type='str'),
+            capabilities=dict(type='list', elements='str', default=[]),
+            scope=dict(type='list', elements='str'),
+        )),
+    )
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    if not oid.HAS_CRYPTOGRAPHY:
+        module.fail_json(msg=missing_required_lib('cryptography'), exception=str(oid.CRYPTOGRAPHY_IMPORT_ERROR))
+    p = module.params
+    if not oid.NAME_RE.match(p['org_id']):
+        module.fail_json(msg="org_id %r: use 1-128 letters, digits, '.', '_' and '-'" % p['org_id'])
+    if p['org_secret'] is not None and len(p['org_secret'].encode('utf-8')) > 72:
+        module.fail_json(msg="org_secret is longer than 72 bytes; brokers with bcrypt >= 5 answer 500 to it: "
+                             "use a shorter secret")
+    specs = agent_specs(module)
+    client = BrokerClient.from_module(module)
+    result = dict(changed=False, org_id=p['org_id'], identity_dir=os.path.abspath(p['identity_dir']))
+    try:
+        onboarder = Onboarder(module, client)
+        agents = onboarder.run(specs)
+    except (OnboardError, BrokerError) as e:
+        module.fail_json(msg=str(e), **result)
+    except (OSError, ValueError) as e:
+        module.fail_json(msg="onboarding org %s failed: %s" % (p['org_id'], e),
+                         exception=traceback.format_exc(), **result)
+    finally:
+        client.close()
+    d = onboarder.dir
+    result.update(changed=bool(onboarder.actions), actions=onboarder.actions, org_created=onboarder.org_created,
+                  ca_cert_path=d.file(oid.CA_FILE), org_secret_path=d.file(oid.SECRET_FILE), agents=agents)
+    module.exit_json(**result)
+
+
+if __name__ == '__main__':
+    main()
