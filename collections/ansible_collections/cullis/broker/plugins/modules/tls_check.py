@@ -17,9 +17,9 @@ description:
     SANs, serial, fingerprint, validity dates, days left, whether it covers the host name, whether
     its chain leads to a trusted CA, and a status C(ok), C(warn), C(critical) or C(unknown).
   - Certificates that are expired, not yet valid, self-signed or issued for another host are
-    still retrieved and reported: the handshake is made without verification and the checks are
+    still retrieved and reported, because the handshake is made without verification and the checks are
     done afterwards.
-  - Implements the prevention of runbook section 5 (TLS cert expired) - monitor notAfter
+  - Implements the prevention of runbook section 5 (TLS cert expired), monitor notAfter
     30 days ahead, rotate before 14 days.
   - The chain is validated with the Web PKI rules of C(cryptography.x509.verification) against
     O(ca_path) or the system trust store. On Python 3.10 to 3.13 the intermediates the server
