@@ -6,7 +6,7 @@
 """
 from __future__ import annotations
 
-from testkit.ansible import run_module
+from testkit.ansible import REPO, run_module
 from testkit.services import RedisServer
 
 
@@ -49,3 +49,142 @@ def test_redis_ping_down_and_no_password(tmp_path):
     r = run_module("redis_ping", {"port": server.port, "password": server.password})
     assert r.result["state"] == "down", r.output
     assert not r.failed
+
+
+# ---- service_info against real processes under a real supervisord ---------------------------
+
+import os
+import signal
+import sys
+import textwrap
+import time
+
+import pytest
+
+from testkit.process import wait_for
+
+SECRET_IN_LOG = "s3cr3t-redis-pw-in-a-log-line"
+
+PROGRAMS = {
+    # a healthy long-running service that prints a secret-bearing URL (must come back redacted)
+    "steady": f"print('connecting to redis://:{SECRET_IN_LOG}@127.0.0.1:6379/0', flush=True)\n"
+              "import time\nwhile True: time.sleep(1)\n",
+    # uvicorn-like startup failure: exit 3 after the LIFESPAN marker
+    "startfail": textwrap.dedent("""\
+        import sys
+        print('INFO:     Started server process', flush=True)
+        print('INFO:     Waiting for application startup.', flush=True)
+        print('LIFESPAN: validate_config', flush=True)
+        print('LIFESPAN: init_db', flush=True)
+        print('asyncpg.exceptions.InvalidPasswordError: password authentication failed for user "atn"', flush=True)
+        print('LIFESPAN FAILED: InvalidPasswordError: password authentication failed for user "atn"', flush=True)
+        sys.exit(3)
+        """),
+    # exceeds its RLIMIT_AS memory limit: MemoryError traceback, exit 1
+    "memhog": textwrap.dedent("""\
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (200 * 1024 * 1024, 200 * 1024 * 1024))
+        print('INFO:     Started server process', flush=True)
+        blob = bytearray(400 * 1024 * 1024)
+        """),
+    # uncaught exception: exit 1 with a traceback
+    "crasher": "print('INFO:     Started server process', flush=True)\nraise KeyError('no such setting')\n",
+}
+
+
+@pytest.fixture(scope="module")
+def mini_stack(tmp_path_factory):
+    """A stack dir laid out like the supervisor role's, with four real programs under supervisord."""
+    sys.path.insert(0, str(REPO / "collections"))
+    from ansible_collections.cullis.broker.plugins.module_utils._runtime import ProcessRuntime
+
+    stack = tmp_path_factory.mktemp("svcstack")
+    sup, confd, logs, progs = stack / "supervisor", stack / "supervisor" / "conf.d", stack / "logs", stack / "progs"
+    for d in (confd, logs, progs):
+        d.mkdir(parents=True)
+    (stack / ".env").write_text(f"REDIS_PASSWORD={SECRET_IN_LOG}\n")
+    (sup / "supervisord.conf").write_text(textwrap.dedent(f"""\
+        [unix_http_server]
+        file={sup}/supervisor.sock
+        chmod=0700
+        [supervisord]
+        pidfile={sup}/supervisord.pid
+        logfile={sup}/supervisord.log
+        directory={stack}
+        [rpcinterface:supervisor]
+        supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+        [include]
+        files = {confd}/*.conf
+        """))
+    for name, code in PROGRAMS.items():
+        (progs / f"{name}.py").write_text(code)
+        (confd / f"{name}.conf").write_text(textwrap.dedent(f"""\
+            [program:{name}]
+            command={sys.executable} {progs}/{name}.py
+            autostart={'true' if name == 'steady' else 'false'}
+            autorestart=false
+            startsecs=0
+            startretries=0
+            redirect_stderr=true
+            stdout_logfile={logs}/{name}.log
+            """))
+    rt = ProcessRuntime(str(stack), timeout=30)
+    rt.ensure_daemon()
+    try:
+        wait_for(lambda: rt.status("steady")["running"], 20, "steady program")
+        for name in ("startfail", "memhog", "crasher"):
+            rt._call("supervisor.startProcess", name, False)
+        wait_for(lambda: all(rt.status(n)["state"] in ("EXITED", "FATAL")
+                             for n in ("startfail", "memhog", "crasher")), 30, "failing programs to exit")
+        yield stack, rt
+    finally:
+        rt.shutdown()
+
+
+def _info(stack, **kw):
+    r = run_module("service_info", dict(stack_dir=str(stack), **kw), verbosity=3)
+    assert not r.failed, r.output
+    return r
+
+
+def test_service_info_running_service_redacted(mini_stack):
+    """Runbook section 1, Confirm: state, pid, uptime and logs of a running service, secrets redacted."""
+    stack, rt = mini_stack
+    r = _info(stack, services=["steady"], log_lines=10)
+    s = r.result["services"]["steady"]
+    assert s["running"] and s["exit_class"] == "running"
+    assert s["pid"] == rt.status("steady")["pid"]
+    assert s["uptime"] >= 0
+    assert any("redis://:********@127.0.0.1" in line for line in s["log_tail"])
+    assert SECRET_IN_LOG not in r.output
+    assert not r.changed
+
+
+def test_service_info_exit_classes(mini_stack):
+    """Runbook section 1, Recover 1-3: exit 3 startup failure, memory limit exceeded, exit 1 traceback."""
+    stack, _ = mini_stack
+    r = _info(stack, services=["startfail", "memhog", "crasher"])
+    s = r.result["services"]
+    assert s["startfail"]["exit_code"] == 3
+    assert s["startfail"]["exit_class"] == "startup_failure"
+    assert s["startfail"]["startup_error"].startswith("LIFESPAN FAILED: InvalidPasswordError")
+    assert s["startfail"]["startup_error_cause"] == "postgres"
+    assert s["memhog"]["exit_class"] == "oom" and s["memhog"]["oom"] == "memory_error"
+    assert s["crasher"]["exit_code"] == 1 and s["crasher"]["exit_class"] == "crash"
+    assert s["crasher"]["traceback"][-1].startswith("KeyError")
+    assert sorted(r.result["down"]) == ["crasher", "memhog", "startfail"]
+
+
+def test_service_info_sigkill_and_restart_count(mini_stack):
+    """Runbook section 1, Recover 2: a SIGKILL is 137 and not OOM without evidence; restarts counted."""
+    stack, rt = mini_stack
+    before = _info(stack, services=["steady"]).result["services"]["steady"]["restarts"]
+    pid = rt.status("steady")["pid"]
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not rt.status("steady")["running"], 20, "steady to die")
+    s = _info(stack, services=["steady"]).result["services"]["steady"]
+    assert s["signal"] == "SIGKILL" and s["shell_exit_code"] == 137
+    assert s["exit_class"] == "killed" and s["oom"] is None
+    rt.start("steady")
+    s = _info(stack, services=["steady"]).result["services"]["steady"]
+    assert s["running"] and s["restarts"] == before + 1

@@ -160,7 +160,7 @@ def classify_exit(state, exit_code, signal_name=None, log_lines=(), oom_killed=F
     run = last_run(list(log_lines))
     if state in ('running', 'starting') and exit_code is None:
         return 'running'
-    if spawn_error and exit_code is None:
+    if spawn_error and exit_code is None and not signal_name:
         return 'never_started'
     if oom_killed or has_memory_error(run):
         return 'oom'

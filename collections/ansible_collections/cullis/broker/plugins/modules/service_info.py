@@ -1,0 +1,240 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) Cullis operations team
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: service_info
+short_description: State, exit class, restarts and redacted logs of the stack's services (read-only)
+version_added: 0.1.0
+description:
+  - For each service of a Cullis stack, through the stack's runtime interface (C(cullis_runtime),
+    today supervisord processes), reports state, pid, uptime, exit code and the signal that ended
+    it, the restart count, and the last log lines with secrets redacted.
+  - Classifies why a service is down (runbook section 1) into RV(services.exit_class) -
+    V(startup_failure) (exit 3, with the first real error after the startup marker and its cause),
+    V(oom) (a C(MemoryError) traceback from the memory limit, or a kernel/cgroup OOM kill of the
+    pid), V(killed) (SIGKILL, exit 137, no OOM evidence), V(crash) (exit 1/2, with the traceback),
+    V(signaled), V(stopped), V(never_started), V(running).
+  - Secrets are redacted from every returned log line - the values of secret keys in the stack's
+    C(.env) and secret-shaped patterns (passwords in URLs, C(x-admin-secret), tokens, JWTs).
+author: Cullis operations team
+attributes:
+  check_mode:
+    support: full
+    description: Read-only.
+  diff_mode:
+    support: none
+  idempotent:
+    support: full
+options:
+  stack_dir:
+    description: The stack directory (C(cullis_stack_dir)).
+    type: path
+    required: true
+  runtime:
+    description: The stack's runtime (C(cullis_runtime)).
+    type: str
+    default: process
+    choices: [process, compose]
+  services:
+    description: Services to report. Default - every service the runtime knows.
+    type: list
+    elements: str
+  log_lines:
+    description: How many log lines to return per service (after redaction). V(0) returns none.
+    type: int
+    default: 40
+  env_file:
+    description: The stack's C(.env), whose secret values are redacted. Default C(<stack_dir>/.env).
+    type: path
+  timeout:
+    description: Seconds to wait for the runtime to answer.
+    type: float
+    default: 30
+"""
+
+EXAMPLES = r"""
+- name: What happened to the broker?
+  cullis.broker.service_info:
+    stack_dir: "{{ cullis_stack_dir }}"
+    services: [broker]
+    log_lines: 200
+  register: svc
+
+- name: Show the exit class and the evidence
+  ansible.builtin.debug:
+    msg:
+      - "{{ svc.services.broker.exit_class }} (exit {{ svc.services.broker.exit_code }}, {{ svc.services.broker.signal }})"
+      - "{{ svc.services.broker.startup_error | default('') }}"
+
+- name: Snapshot of every service
+  cullis.broker.service_info:
+    stack_dir: "{{ cullis_stack_dir }}"
+  register: all_services
+"""
+
+RETURN = r"""
+daemon_running:
+  description: The runtime's control daemon (the stack's supervisord) answers.
+  type: bool
+  returned: always
+down:
+  description: Names of the reported services that are not running.
+  type: list
+  elements: str
+  returned: always
+services:
+  description: One entry per service.
+  type: dict
+  returned: always
+  contains:
+    state: {description: Runtime state (RUNNING STOPPED EXITED FATAL BACKOFF STARTING STOPPING ABSENT)., type: str}
+    running: {description: The service runs., type: bool}
+    pid: {description: Pid while running., type: int}
+    uptime: {description: Seconds since start while running., type: int}
+    exit_code: {description: Exit status of the last exit; null when a signal ended it or it never exited., type: int}
+    signal: {description: Signal that ended the last run (e.g. SIGKILL)., type: str}
+    shell_exit_code: {description: Docker-style code - 128+signal (137 for SIGKILL) or the exit status., type: int}
+    exit_class: {description: Why it is down (see description)., type: str}
+    oom: {description: Out of memory was detected, and how (C(memory_error), C(kernel_oom_kill), C(cgroup)), or null., type: str}
+    restarts: {description: Spawns since the stack's supervisord started, minus one., type: int}
+    spawnerr: {description: The runtime's spawn error., type: str}
+    logfile: {description: Path of the service log., type: str}
+    log_tail: {description: Last O(log_lines) log lines, redacted., type: list, elements: str}
+    startup_error: {description: For C(startup_failure) - the first real error after the startup marker (redacted)., type: str}
+    startup_error_cause: {description: C(migrations), C(vault), C(postgres), C(redis), C(config), C(memory) or C(unknown)., type: str}
+    evidence: {description: Error lines of the last run (redacted)., type: list, elements: str}
+    traceback: {description: Last Python traceback of the last run (redacted)., type: list, elements: str}
+  sample:
+    broker:
+      state: EXITED
+      running: false
+      pid: null
+      exit_code: null
+      signal: SIGKILL
+      shell_exit_code: 137
+      exit_class: killed
+      restarts: 2
+"""
+
+import os
+import re
+import subprocess
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.cullis.broker.plugins.module_utils._broker import read_env_file
+from ansible_collections.cullis.broker.plugins.module_utils._diagnose import (
+    classify_cause, classify_exit, last_exit, last_run, last_traceback, restart_count, shell_exit_code,
+    startup_error, supervisor_events)
+from ansible_collections.cullis.broker.plugins.module_utils._redact import Redactor, secret_values_from_env
+from ansible_collections.cullis.broker.plugins.module_utils._runtime import (
+    RuntimeErrorCullis, get_runtime, tail_file)
+
+SUPERVISOR_LOG_CANDIDATES = ('supervisor/supervisord.log', 'logs/supervisord.log')
+ANALYSIS_LINES = 400
+
+
+def supervisor_log_lines(stack_dir):
+    """supervisord's own log since it last started (spawn/exit events live there)."""
+    for rel in SUPERVISOR_LOG_CANDIDATES:
+        path = os.path.join(stack_dir, rel)
+        if os.path.exists(path):
+            lines = tail_file(path, 5000).splitlines()
+            start = 0
+            for i, line in enumerate(lines):
+                if 'supervisord started with pid' in line:
+                    start = i
+            return lines[start:]
+    return []
+
+
+def kernel_oom_killed(pid):
+    """True when the kernel log says it OOM-killed this pid (kernel or memory-cgroup OOM)."""
+    if not pid:
+        return False
+    try:
+        out = subprocess.run(['dmesg'], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    rx = re.compile(r'(Killed process|oom-kill:.*pid=|Memory cgroup out of memory: Killed process) ?%d\b' % pid)
+    return any(rx.search(line) for line in out.decode('utf-8', 'replace').splitlines())
+
+
+def describe(name, status, svc_lines, sup_lines, redact, log_lines):
+    events = supervisor_events(sup_lines, name)
+    exit_ev = last_exit(events) if not status['running'] else None
+    exit_code = status.get('exitstatus')
+    signal_name = None
+    if exit_ev is not None:
+        signal_name = exit_ev.get('signal')
+        exit_code = exit_ev.get('exit_code')
+    elif status['running'] or status['state'] == 'ABSENT':
+        exit_code = None
+    if exit_code == -1:
+        exit_code = None
+    run = last_run(svc_lines)
+    oom = None
+    if any(re.search(r'\bMemoryError\b|Cannot allocate memory', line) for line in run) and not status['running']:
+        oom = 'memory_error'
+    elif signal_name == 'SIGKILL' and exit_ev and kernel_oom_killed(exit_ev.get('pid')):
+        oom = 'kernel_oom_kill'
+    state = status['state'].lower()
+    exit_class = classify_exit('running' if status['running'] else state, exit_code, signal_name, run,
+                               oom_killed=oom is not None, spawn_error=status.get('spawnerr'))
+    info = dict(
+        state=status['state'], running=status['running'], pid=status['pid'], uptime=status['uptime'],
+        start=status.get('start'), stop=status.get('stop'),
+        exit_code=exit_code, signal=signal_name, shell_exit_code=shell_exit_code(exit_code, signal_name),
+        exit_class=exit_class, oom=oom, restarts=restart_count(events),
+        spawnerr=redact(status.get('spawnerr') or ''), logfile=status.get('logfile'),
+        log_tail=redact.lines(svc_lines[-log_lines:]) if log_lines else [],
+    )
+    if not status['running']:
+        err, evidence = startup_error(svc_lines)
+        info['evidence'] = redact.lines(evidence)
+        info['traceback'] = redact.lines(last_traceback(run))
+        if exit_class in ('startup_failure', 'oom', 'crash') and err:
+            info['startup_error'] = redact(err)
+            info['startup_error_cause'] = classify_cause(' '.join(evidence))
+    return info
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            stack_dir=dict(type='path', required=True),
+            runtime=dict(type='str', default='process', choices=['process', 'compose']),
+            services=dict(type='list', elements='str'),
+            log_lines=dict(type='int', default=40),
+            env_file=dict(type='path'),
+            timeout=dict(type='float', default=30),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    stack_dir = p['stack_dir']
+    env = read_env_file(p['env_file'] or os.path.join(stack_dir, '.env'))
+    redact = Redactor(secret_values_from_env(env))
+    try:
+        rt = get_runtime(p['runtime'], stack_dir, timeout=p['timeout'])
+        daemon = rt.daemon_running()
+        names = p['services'] or rt.services()
+        sup_lines = supervisor_log_lines(stack_dir)
+        services = {}
+        for name in names:
+            status = rt.status(name)
+            svc_lines = rt.logs(name, ANALYSIS_LINES).splitlines()
+            services[name] = describe(name, status, svc_lines, sup_lines, redact, max(p['log_lines'], 0))
+    except RuntimeErrorCullis as e:
+        module.fail_json(msg=redact(str(e)))
+    module.exit_json(changed=False, daemon_running=daemon, services=services,
+                     down=sorted(n for n, s in services.items() if not s['running']))
+
+
+if __name__ == '__main__':
+    main()
