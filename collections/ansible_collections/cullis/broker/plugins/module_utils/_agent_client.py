@@ -252,10 +252,11 @@ class AgentIdentity(object):
 class LoginError(Exception):
     """The broker rejected a login: `.status` and `.detail` are the broker's."""
 
-    def __init__(self, status, detail):
+    def __init__(self, status, detail, headers=None):
         super(LoginError, self).__init__('login rejected: HTTP %s: %s' % (status, detail))
         self.status = status
         self.detail = detail
+        self.headers = headers or {}  # lower-case names, e.g. 'retry-after' on a 429
 
 
 class AgentSession(object):
@@ -299,7 +300,7 @@ class AgentSession(object):
         if resp.status == 401 and resp.detail == 'use_dpop_nonce':
             resp = self.login_request(assertion)
         if resp.status != 200:
-            raise LoginError(resp.status, resp.detail)
+            raise LoginError(resp.status, resp.detail, headers=resp.headers)
         data = resp.json()
         self.access_token = data['access_token']
         self.token_response = data

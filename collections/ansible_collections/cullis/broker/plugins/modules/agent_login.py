@@ -283,8 +283,7 @@ def load_peer(m):
 
 
 def retry_after_seconds(error):
-    headers = getattr(error, 'headers', None) or {}
-    value = headers.get('retry-after') or headers.get('Retry-After')
+    value = (getattr(error, 'headers', None) or {}).get('retry-after')
     try:
         return max(1, int(value))
     except (TypeError, ValueError):
