@@ -154,6 +154,10 @@ def sans(cert):
     return out
 
 
+def cert_pem(cert):
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
 def fingerprint_sha256(cert):
     digest = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest().upper()
     return ':'.join(digest[i:i + 2] for i in range(0, len(digest), 2))
