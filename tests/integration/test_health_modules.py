@@ -89,7 +89,12 @@ PROGRAMS = {
         """),
     # uncaught exception: exit 1 with a traceback
     "crasher": "print('INFO:     Started server process', flush=True)\nraise KeyError('no such setting')\n",
+    # run through the broker role's launcher with a 64 MB memory cgroup, then touches 400 MB:
+    # the kernel OOM-kills it (SIGKILL), like a container over its memory limit
+    "oomer": "print('INFO:     Started server process', flush=True)\n"
+             "blob = bytearray(400 * 1024 * 1024)\nimport time\ntime.sleep(30)\n",
 }
+LAUNCHER = REPO / "collections/ansible_collections/cullis/broker/roles/broker/files/cullis-broker-launch.py"
 
 
 @pytest.fixture(scope="module")
@@ -116,11 +121,17 @@ def mini_stack(tmp_path_factory):
         [include]
         files = {confd}/*.conf
         """))
+    (stack / "run").mkdir()
+    cgroup_name = f"cullis-test-oomer-{os.getpid()}"
     for name, code in PROGRAMS.items():
         (progs / f"{name}.py").write_text(code)
+        command = f"{sys.executable} {progs}/{name}.py"
+        if name == "oomer":
+            command = (f"{sys.executable} {LAUNCHER} --env-file {stack}/.env --memory-limit-mb 64 "
+                       f"--cgroup-name {cgroup_name} --state-file {stack}/run/oomer.cgroup -- {command}")
         (confd / f"{name}.conf").write_text(textwrap.dedent(f"""\
             [program:{name}]
-            command={sys.executable} {progs}/{name}.py
+            command={command}
             autostart={'true' if name == 'steady' else 'false'}
             autorestart=false
             startsecs=0
@@ -132,13 +143,20 @@ def mini_stack(tmp_path_factory):
     rt.ensure_daemon()
     try:
         wait_for(lambda: rt.status("steady")["running"], 20, "steady program")
-        for name in ("startfail", "memhog", "crasher"):
+        failing = ("startfail", "memhog", "crasher", "oomer")
+        for name in failing:
             rt._call("supervisor.startProcess", name, False)
-        wait_for(lambda: all(rt.status(n)["state"] in ("EXITED", "FATAL")
-                             for n in ("startfail", "memhog", "crasher")), 30, "failing programs to exit")
+        wait_for(lambda: all(rt.status(n)["state"] in ("EXITED", "FATAL") for n in failing), 60,
+                 "failing programs to exit")
         yield stack, rt
     finally:
         rt.shutdown()
+        cgroup_file = stack / "run" / "oomer.cgroup"
+        if cgroup_file.exists():
+            try:
+                os.rmdir(cgroup_file.read_text().strip())
+            except OSError:
+                pass
 
 
 def _info(stack, **kw):
@@ -173,6 +191,20 @@ def test_service_info_exit_classes(mini_stack):
     assert s["crasher"]["exit_code"] == 1 and s["crasher"]["exit_class"] == "crash"
     assert s["crasher"]["traceback"][-1].startswith("KeyError")
     assert sorted(r.result["down"]) == ["crasher", "memhog", "startfail"]
+
+
+def test_service_info_cgroup_oom_kill_is_oom_not_plain_sigkill(mini_stack):
+    """Runbook section 1, Recover 2 (Exit 137 = OOM): a memory-cgroup OOM kill is told apart from SIGKILL."""
+    stack, _ = mini_stack
+    s = _info(stack, services=["oomer"]).result["services"]["oomer"]
+    if not (stack / "run" / "oomer.cgroup").exists():
+        # no writable memory cgroup: the launcher fell back to RLIMIT_AS, allocation fails instead
+        assert s["exit_class"] == "oom" and s["oom"] == "memory_error", s
+        return
+    assert s["signal"] == "SIGKILL" and s["shell_exit_code"] == 137, s
+    assert s["exit_class"] == "oom", s
+    assert s["oom"] in ("kernel_oom_kill", "cgroup")
+    assert s["cgroup_oom_kills"] >= 1
 
 
 def test_service_info_sigkill_and_restart_count(mini_stack):

@@ -102,6 +102,7 @@ services:
     shell_exit_code: {description: Docker-style code - 128+signal (137 for SIGKILL) or the exit status., type: int}
     exit_class: {description: Why it is down (see description)., type: str}
     oom: {description: Out of memory was detected, and how (C(memory_error), C(kernel_oom_kill), C(cgroup)), or null., type: str}
+    cgroup_oom_kills: {description: oom_kill counter of the service's memory cgroup (cumulative), null without one., type: int}
     restarts: {description: Spawns since the stack's supervisord started, minus one., type: int}
     spawnerr: {description: The runtime's spawn error., type: str}
     logfile: {description: Path of the service log., type: str}
@@ -153,19 +154,44 @@ def supervisor_log_lines(stack_dir):
     return []
 
 
-def kernel_oom_killed(pid):
+def kernel_oom_killed(pid, kernel_log):
     """True when the kernel log says it OOM-killed this pid (kernel or memory-cgroup OOM)."""
-    if not pid:
+    if not pid or not kernel_log:
         return False
+    rx = re.compile(r'(Killed process|oom-kill:.*pid=) ?%d\b' % pid)
+    return any(rx.search(line) for line in kernel_log)
+
+
+def cgroup_oom_kills(stack_dir, name):
+    """oom_kill counter of the service's memory cgroup (the launcher writes run/<name>.cgroup), or None."""
     try:
-        out = subprocess.run(['dmesg'], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=5).stdout
+        with open(os.path.join(stack_dir, 'run', '%s.cgroup' % name)) as f:
+            directory = f.read().strip()
+    except (IOError, OSError):
+        return None
+    for fname in ('memory.events', 'memory.oom_control'):
+        try:
+            with open(os.path.join(directory, fname)) as f:
+                for line in f:
+                    key, _, value = line.strip().partition(' ')
+                    if key == 'oom_kill':
+                        return int(value)
+        except (IOError, OSError, ValueError):
+            continue
+    return None
+
+
+def dmesg_lines():
+    try:
+        out = subprocess.run(['dmesg'], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=5)
     except (OSError, subprocess.SubprocessError):
-        return False
-    rx = re.compile(r'(Killed process|oom-kill:.*pid=|Memory cgroup out of memory: Killed process) ?%d\b' % pid)
-    return any(rx.search(line) for line in out.decode('utf-8', 'replace').splitlines())
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.decode('utf-8', 'replace').splitlines()
 
 
-def describe(name, status, svc_lines, sup_lines, redact, log_lines):
+def describe(name, status, svc_lines, sup_lines, redact, log_lines, stack_dir='', kernel_log=None):
     events = supervisor_events(sup_lines, name)
     exit_ev = last_exit(events) if not status['running'] else None
     exit_code = status.get('exitstatus')
@@ -181,8 +207,12 @@ def describe(name, status, svc_lines, sup_lines, redact, log_lines):
     oom = None
     if any(re.search(r'\bMemoryError\b|Cannot allocate memory', line) for line in run) and not status['running']:
         oom = 'memory_error'
-    elif signal_name == 'SIGKILL' and exit_ev and kernel_oom_killed(exit_ev.get('pid')):
+    elif signal_name == 'SIGKILL' and exit_ev and kernel_oom_killed(exit_ev.get('pid'), kernel_log):
         oom = 'kernel_oom_kill'
+    oom_kills = cgroup_oom_kills(stack_dir, name) if stack_dir else None
+    if oom is None and signal_name == 'SIGKILL' and kernel_log is None and oom_kills:
+        # no readable kernel log: the cgroup's counter is the only (cumulative) evidence
+        oom = 'cgroup'
     state = status['state'].lower()
     exit_class = classify_exit('running' if status['running'] else state, exit_code, signal_name, run,
                                oom_killed=oom is not None, spawn_error=status.get('spawnerr'))
@@ -190,7 +220,7 @@ def describe(name, status, svc_lines, sup_lines, redact, log_lines):
         state=status['state'], running=status['running'], pid=status['pid'], uptime=status['uptime'],
         start=status.get('start'), stop=status.get('stop'),
         exit_code=exit_code, signal=signal_name, shell_exit_code=shell_exit_code(exit_code, signal_name),
-        exit_class=exit_class, oom=oom, restarts=restart_count(events),
+        exit_class=exit_class, oom=oom, cgroup_oom_kills=oom_kills, restarts=restart_count(events),
         spawnerr=redact(status.get('spawnerr') or ''), logfile=status.get('logfile'),
         log_tail=redact.lines(svc_lines[-log_lines:]) if log_lines else [],
     )
@@ -225,11 +255,13 @@ def main():
         daemon = rt.daemon_running()
         names = p['services'] or rt.services()
         sup_lines = supervisor_log_lines(stack_dir)
+        kernel_log = dmesg_lines()
         services = {}
         for name in names:
             status = rt.status(name)
             svc_lines = rt.logs(name, ANALYSIS_LINES).splitlines()
-            services[name] = describe(name, status, svc_lines, sup_lines, redact, max(p['log_lines'], 0))
+            services[name] = describe(name, status, svc_lines, sup_lines, redact, max(p['log_lines'], 0),
+                                      stack_dir, kernel_log)
     except RuntimeErrorCullis as e:
         module.fail_json(msg=redact(str(e)))
     module.exit_json(changed=False, daemon_running=daemon, services=services,
