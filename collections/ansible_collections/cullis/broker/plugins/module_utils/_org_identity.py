@@ -185,7 +185,7 @@ def new_org_secret():
 def agent_id_for(org_id, name):
     """`name` may be the short name or the full `ORG::name`; returns (agent_id, short name)."""
     if '::' in name:
-        prefix, _, short = name.partition('::')
+        prefix, _sep, short = name.partition('::')
         if prefix != org_id:
             raise ValueError("agent %r does not belong to org %r" % (name, org_id))
         return name, short

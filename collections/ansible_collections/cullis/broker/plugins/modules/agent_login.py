@@ -18,26 +18,27 @@ description:
     outcome against O(expect), O(expect_status) and O(expect_detail). Used by the smoke test and
     by every incident playbook's verify step.
   - Optionally makes the authenticated call C(GET /v1/federation/agents) (O(list_agents)) and
-    sends one message to an agent of another org (O(message)) - the peer logs in, accepts the
+    sends one message to an agent of another org (O(send_message)) - the peer logs in, accepts the
     session and reads the message back, which proves delivery.
   - Changes no configuration, so it always reports C(changed=false). A login still has side
     effects on the broker (certificate pinned on first login, audit rows, rate-limit counters).
   - The broker allows 10 token requests per minute per client IP and a login costs two. On HTTP
     429 the module waits for C(Retry-After) and retries, for at most O(rate_limit_wait) seconds.
   - The access token is never returned or logged; its claims are.
-author:
-  - Cullis operations team
+author: Cullis operations team (@cullis)
 extends_documentation_fragment:
   - cullis.broker.broker
 attributes:
   check_mode:
     support: full
-    details:
+    description:
       - The module is read-only with respect to configuration; it logs in in check mode too.
   diff_mode:
     support: none
+    description: Nothing to diff.
   idempotent:
     support: full
+    description: Never changes anything; repeated runs give the same outcome while the broker state is unchanged.
 options:
   public_url:
     description:
@@ -92,17 +93,17 @@ options:
       - After a successful login, call C(GET /v1/federation/agents) and return the result in RV(agents).
     type: bool
     default: false
-  message:
+  send_message:
     description:
       - After a successful login, send one message to a peer agent and have the peer read it.
       - The peer logs in too (two more token requests).
     type: dict
     suboptions:
       peer_identity_dir:
-        description: Identity directory of the peer's org (with O(message.peer_agent)).
+        description: Identity directory of the peer's org (with O(send_message.peer_agent)).
         type: path
       peer_agent:
-        description: Peer agent name inside O(message.peer_identity_dir).
+        description: Peer agent name inside O(send_message.peer_identity_dir).
         type: str
       peer_agent_dir:
         description: The peer's agent identity directory (instead of the two options above).
@@ -114,7 +115,7 @@ options:
       require_delivery:
         description:
           - If V(false), a policy denial of the session (HTTP 403 with C(Policy) in the detail) is
-            reported in RV(message) with RV(message.result=policy_denied) instead of failing.
+            reported in RV(send_message) with RV(send_message.result=policy_denied) instead of failing.
         type: bool
         default: true
   rate_limit_wait:
@@ -153,7 +154,7 @@ EXAMPLES = r"""
     ca_path: "{{ cullis_tls_ca_path }}"
     identity_dir: /srv/cullis/identities/demo-acme
     agent: buyer
-    message:
+    send_message:
       peer_identity_dir: /srv/cullis/identities/demo-globex
       peer_agent: seller
       payload: {text: hello}
@@ -192,9 +193,9 @@ agents:
   returned: when O(list_agents=true) and the login succeeded
   type: dict
   sample: {"agents": [{"agent_id": "demo-acme::buyer", "org_id": "demo-acme"}], "total": 1}
-message:
-  description: Outcome of O(message).
-  returned: when O(message) is set and the login succeeded
+send_message:
+  description: Outcome of O(send_message).
+  returned: when O(send_message) is set and the login succeeded
   type: dict
   contains:
     result:
@@ -275,7 +276,7 @@ def load_peer(m):
     elif m.get('peer_identity_dir'):
         path = resolve_agent_dir(m['peer_identity_dir'], m.get('peer_agent'), what='peer agent')
     else:
-        raise LoginFailed("message needs peer_agent_dir, or peer_identity_dir and peer_agent")
+        raise LoginFailed("send_message needs peer_agent_dir, or peer_identity_dir and peer_agent")
     try:
         return AgentIdentity.load(path)
     except (IOError, OSError, ValueError, KeyError) as e:
@@ -333,7 +334,7 @@ def must(resp, what, ok=(200,)):
 
 
 def exchange_message(client, p, sender, peer_identity, max_wait):
-    m = p['message']
+    m = p['send_message']
     peer = AgentSession(client, p['public_url'] or p['broker_url'], peer_identity)
     peer.nonce = sender.nonce  # the nonce is broker-wide: saves the peer one token request
     status, detail, _w = login(peer, max_wait)
@@ -384,7 +385,7 @@ def main():
         expect_status=dict(type='int'),
         expect_detail=dict(type='str'),
         list_agents=dict(type='bool', default=False),
-        message=dict(type='dict', options=dict(
+        send_message=dict(type='dict', options=dict(
             peer_identity_dir=dict(type='path'),
             peer_agent=dict(type='str'),
             peer_agent_dir=dict(type='path'),
@@ -407,7 +408,7 @@ def main():
     client = BrokerClient.from_module(module)
     try:
         identity = load_identity(p)
-        peer_identity = load_peer(p['message']) if p['message'] else None
+        peer_identity = load_peer(p['send_message']) if p['send_message'] else None
         result['agent_id'] = identity.agent_id
         session = AgentSession(client, p['public_url'] or p['broker_url'], identity)
         status, detail, waited = login(session, p['rate_limit_wait'])
@@ -421,7 +422,7 @@ def main():
             result['agents'] = must(session.request('GET', '/v1/federation/agents'),
                                     'GET /v1/federation/agents as %s' % identity.agent_id)
         if status == 200 and peer_identity is not None:
-            result['message'] = exchange_message(client, p, session, peer_identity, p['rate_limit_wait'])
+            result['send_message'] = exchange_message(client, p, session, peer_identity, p['rate_limit_wait'])
     except (LoginFailed, BrokerError) as e:
         module.fail_json(msg=str(e), **result)
     finally:

@@ -33,20 +33,23 @@ description:
     brokers, so binding status is read first."
   - An org that exists on the broker but whose secret is not known (not in O(identity_dir), not
     given in O(org_secret)) or does not match is an error, never overwritten.
-author:
-  - Cullis operations team
+author: Cullis operations team (@cullis)
 extends_documentation_fragment:
   - cullis.broker.broker
+notes:
+  - O(admin_secret) is required by this module.
 attributes:
   check_mode:
     support: full
-    details:
+    description:
       - Reads the broker state and reports what would be done; writes nothing to the broker or to
         O(identity_dir).
   diff_mode:
     support: none
+    description: Nothing to diff.
   idempotent:
     support: full
+    description: A second run with the same options changes nothing.
 options:
   org_id:
     description:
@@ -423,7 +426,7 @@ def agent_specs(module):
 
 
 def main():
-    argument_spec = broker_argument_spec(admin_secret_required=True)
+    argument_spec = broker_argument_spec()
     argument_spec.update(
         org_id=dict(type='str', required=True),
         display_name=dict(type='str'),
@@ -437,6 +440,9 @@ def main():
         )),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    if not module.params['admin_secret']:
+        module.fail_json(msg="admin_secret is required to onboard an org: set it (or CULLIS_ADMIN_SECRET) "
+                             "to the broker's ADMIN_SECRET")
     if not oid.HAS_CRYPTOGRAPHY:
         module.fail_json(msg=missing_required_lib('cryptography'), exception=str(oid.CRYPTOGRAPHY_IMPORT_ERROR))
     p = module.params

@@ -142,7 +142,7 @@ def test_second_run_changes_nothing_and_never_reapproves(tmp_path):
     assert ob.actions == []
     assert not ob.org_created
     new_calls = broker.calls[before:]
-    assert all(m == 'GET' for m, _ in new_calls), new_calls
+    assert all(call[0] == 'GET' for call in new_calls), new_calls
     assert [a['binding_status'] for a in agents] == ['approved', 'approved']
 
 
@@ -167,7 +167,7 @@ def test_check_mode_plans_without_writing(tmp_path):
     broker = FakeBroker()
     ob, agents = onboard(broker, tmp_path, check=True)
     assert 'create org acme' in ob.actions and 'approve binding for acme::a2' in ob.actions
-    assert broker.orgs == {} and all(m == 'GET' for m, _ in broker.calls)
+    assert broker.orgs == {} and all(call[0] == 'GET' for call in broker.calls)
     assert not (tmp_path / 'acme').exists()
 
 
