@@ -1,2 +1,2 @@
 # Root conftest: makes the shared test kit (real services, test PKI) available to every suite.
-pytest_plugins = ["testkit.pytest_plugin"]
+pytest_plugins = ["testkit.pytest_plugin", "testkit.broker"]
