@@ -21,6 +21,7 @@ description:
     done afterwards.
   - Implements the prevention of runbook section 5 (TLS cert expired), monitor notAfter
     30 days ahead, rotate before 14 days.
+  - When the task does not fail, every target that is not C(ok) is also reported as a warning.
   - The chain is validated with the Web PKI rules of C(cryptography.x509.verification) against
     O(ca_path) or the system trust store. On Python 3.10 to 3.13 the intermediates the server
     presents are used; where Python cannot return the peer chain only the leaf is known
@@ -434,6 +435,10 @@ def main():
         results = list(pool.map(lambda t: check_target(t, module.params['timeout']), targets))
     summary = summarize(results)
     msg = failure_message(results, module.params['fail_on'])
+    if not msg:
+        for r in results:
+            if r['status'] != 'ok':
+                module.warn('TLS %s %s: %s' % (r['name'], r['status'], '; '.join(r['problems'])))
     if msg:
         module.fail_json(msg=msg, changed=False, targets=results, summary=summary)
     module.exit_json(changed=False, targets=results, summary=summary)
