@@ -381,10 +381,14 @@ async def audit_export(start: dt.datetime | None = None, end: dt.datetime | None
                        event_type: str | None = None, format: str = "ndjson",
                        limit: int = Query(10000, ge=1, le=50000)):
     q = sa.select(audit_log).order_by(audit_log.c.id).limit(limit)
-    for cond, val in ((audit_log.c.timestamp >= start, start), (audit_log.c.timestamp <= end, end),
-                      (audit_log.c.org_id == org_id, org_id), (audit_log.c.event_type == event_type, event_type)):
-        if val is not None:
-            q = q.where(cond)
+    if start is not None:
+        q = q.where(audit_log.c.timestamp >= start)
+    if end is not None:
+        q = q.where(audit_log.c.timestamp <= end)
+    if org_id is not None:
+        q = q.where(audit_log.c.org_id == org_id)
+    if event_type is not None:
+        q = q.where(audit_log.c.event_type == event_type)
     async with state.engine.connect() as conn:
         rows = (await conn.execute(q)).mappings().all()
         aq = sa.select(audit_tsa_anchors).order_by(audit_tsa_anchors.c.id)
