@@ -1,0 +1,235 @@
+"""org_onboard, agent_login and playbooks/smoke.yml against a real broker (testkit `broker`).
+
+Proves the runbook's verify steps that every incident section ends with ("Smoke test one agent
+login", sections 1-4) and the protocol checks of section 6 (Agent compromise: a revoked cert
+-> 401 "Certificate has been revoked", a revoked binding -> 403), on a real broker process with
+real PostgreSQL, Redis and OpenBao. No mocks.
+"""
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from testkit.ansible import run_module, run_playbook
+
+COLL = Path(__file__).resolve().parents[2] / "collections"
+
+
+def _client(broker):
+    import sys
+    if str(COLL) not in sys.path:
+        sys.path.insert(0, str(COLL))
+    from ansible_collections.cullis.broker.plugins.module_utils._broker import BrokerClient
+    return BrokerClient(broker.url, admin_secret=broker.admin_secret)
+
+
+def conn(broker) -> dict:
+    return {"broker_url": broker.url, "admin_secret": broker.admin_secret}
+
+
+def new_org(prefix: str) -> str:
+    return f"it-{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def onboard(broker, org_id: str, identity_dir: Path, agents, **kw):
+    args = dict(conn(broker), org_id=org_id, identity_dir=str(identity_dir),
+                agents=[{"name": a} if isinstance(a, str) else a for a in agents])
+    return run_module("org_onboard", args, **kw)
+
+
+def login(broker, identity_dir: Path, agent: str, **kw):
+    check = kw.pop("check", False)
+    verbosity = kw.pop("verbosity", 0)
+    args = {"broker_url": broker.url, "identity_dir": str(identity_dir), "agent": agent}
+    args.update(kw)
+    return run_module("agent_login", args, check=check, verbosity=verbosity)
+
+
+def org_secret(identity_dir: Path) -> str:
+    return (identity_dir / "org-secret").read_text().strip()
+
+
+def assert_no_secrets(output: str, *secrets):
+    for s in secrets:
+        assert s and s not in output, "a secret appeared in the ansible output"
+
+
+@pytest.fixture(scope="module")
+def org_a(broker, tmp_path_factory):
+    """One org with three agents, onboarded once for the module's tests."""
+    d = tmp_path_factory.mktemp("ids") / "org-a"
+    org_id = new_org("a")
+    r = onboard(broker, org_id, d, ["sender", "to-revoke-cert", "to-revoke-binding",
+                                    {"name": "worker", "capabilities": ["orders.read"], "display_name": "Worker"}],
+                verbosity=3)
+    assert not r.failed, r.result.get("msg")
+    assert r.changed
+    return {"id": org_id, "dir": d, "result": r}
+
+
+@pytest.fixture(scope="module")
+def org_b(broker, tmp_path_factory):
+    d = tmp_path_factory.mktemp("ids") / "org-b"
+    org_id = new_org("b")
+    r = onboard(broker, org_id, d, ["receiver"])
+    assert not r.failed, r.result.get("msg")
+    return {"id": org_id, "dir": d, "result": r}
+
+
+def test_onboarding_creates_org_ca_mastio_agents_and_approved_bindings(broker, org_a):
+    res = org_a["result"].result
+    assert res["org_created"] is True
+    assert res["actions"][:5] == [f"create org {org_a['id']}", "generate org CA", "upload org CA",
+                                  "generate mastio key", "pin mastio public key"]
+    assert [a["binding_status"] for a in res["agents"]] == ["approved"] * 4
+    for a in res["agents"]:
+        assert a["cert_serial_hex"] == a["cert_serial_hex"].lower().lstrip("0")
+        assert Path(a["dir"], "cert.pem").exists()
+        assert oct(os.stat(Path(a["dir"], "key.pem")).st_mode & 0o777) == "0o600"
+    # The broker agrees: org active, bindings approved (read with the org's own credentials).
+    client = _client(broker)
+    org = client.admin_get(f"/v1/registry/orgs/{org_a['id']}")
+    assert org.status == 200 and org.json()["status"] == "active"
+    b = client.request("GET", "/v1/registry/bindings", query={"org_id": org_a["id"]},
+                       headers={"x-org-id": org_a["id"], "x-org-secret": org_secret(org_a["dir"])})
+    assert b.status == 200
+    assert sorted(x["status"] for x in b.json()) == ["approved"] * 4
+    worker = [x for x in b.json() if x["agent_id"].endswith("::worker")][0]
+    assert worker["scope"] == ["orders.read"]
+    # -vvv output carries neither the admin secret nor the generated org secret.
+    assert_no_secrets(org_a["result"].output, broker.admin_secret, org_secret(org_a["dir"]))
+
+
+def test_onboarding_again_is_idempotent_and_check_mode_agrees(broker, org_a):
+    again = onboard(broker, org_a["id"], org_a["dir"], ["sender", "to-revoke-cert", "to-revoke-binding",
+                                                        {"name": "worker", "capabilities": ["orders.read"]}])
+    assert not again.failed, again.result.get("msg")
+    assert again.changed is False and again.result["actions"] == []
+    checked = onboard(broker, org_a["id"], org_a["dir"], ["sender"], check=True)
+    assert not checked.failed and checked.changed is False
+
+
+def test_check_mode_plans_a_new_org_without_creating_it(broker, tmp_path):
+    org_id = new_org("check")
+    r = onboard(broker, org_id, tmp_path / "c", ["x"], check=True)
+    assert not r.failed, r.result.get("msg")
+    assert r.changed and f"create org {org_id}" in r.result["actions"]
+    assert _client(broker).admin_get(f"/v1/registry/orgs/{org_id}").status == 404
+    assert not (tmp_path / "c").exists()
+
+
+def test_existing_org_with_unknown_secret_is_refused(broker, org_a, tmp_path):
+    r = onboard(broker, org_a["id"], tmp_path / "stranger", ["sender"])
+    assert r.failed
+    assert "no org secret is known" in r.result["msg"]
+    wrong = "not-the-org-secret-" + uuid.uuid4().hex
+    r = run_module("org_onboard", dict(conn(broker), org_id=org_a["id"], identity_dir=str(tmp_path / "s2"),
+                                       org_secret=wrong, agents=[]), verbosity=3)
+    assert r.failed and "rejects the org secret" in r.result["msg"]
+    assert_no_secrets(r.output, wrong, broker.admin_secret)
+
+
+def test_wrong_admin_secret_is_reported_without_echoing_it(broker, tmp_path):
+    wrong = "wrong-admin-" + uuid.uuid4().hex
+    r = run_module("org_onboard", {"broker_url": broker.url, "admin_secret": wrong, "org_id": new_org("x"),
+                                   "identity_dir": str(tmp_path / "x")}, verbosity=3)
+    assert r.failed and "HTTP 403" in r.result["msg"] and "Invalid admin secret" in r.result["msg"]
+    assert_no_secrets(r.output, wrong)
+
+
+def test_login_and_authenticated_call(broker, org_a):
+    r = login(broker, org_a["dir"], "sender", list_agents=True, verbosity=3)
+    assert not r.failed, r.result.get("msg")
+    assert r.changed is False
+    assert r.result["logged_in"] and r.result["status"] == 200
+    claims = r.result["claims"]
+    assert claims["agent_id"] == f"{org_a['id']}::sender" and claims["org"] == org_a["id"]
+    assert "cnf" in claims and "access_token" not in r.result
+    listed = {a["agent_id"] for a in r.result["agents"]["agents"]}
+    assert f"{org_a['id']}::sender" in listed and f"{org_a['id']}::worker" in listed
+    # the token itself never reaches the output (its claims do)
+    assert "eyJ" not in json.dumps(r.result)
+
+
+def test_login_in_check_mode_still_logs_in(broker, org_a):
+    r = login(broker, org_a["dir"], "worker", check=True)
+    assert not r.failed, r.result.get("msg")
+    assert r.result["logged_in"] and r.changed is False
+    assert r.result["claims"]["scope"] == ["orders.read"]
+
+
+def test_message_from_org_a_is_delivered_to_org_b(broker, org_a, org_b):
+    r = login(broker, org_a["dir"], "sender", send_message={
+        "peer_identity_dir": str(org_b["dir"]), "peer_agent": "receiver", "payload": {"text": "hello b"}})
+    assert not r.failed, r.result.get("msg")
+    msg = r.result["send_message"]
+    assert msg["result"] == "delivered"
+    assert msg["received"]["payload"] == {"text": "hello b"}
+    assert msg["received"]["sender_agent_id"] == f"{org_a['id']}::sender"
+
+
+def test_revoked_certificate_login_is_401(broker, org_a):
+    agent = [a for a in org_a["result"].result["agents"] if a["name"] == "to-revoke-cert"][0]
+    before = login(broker, org_a["dir"], "to-revoke-cert", expect="failure")
+    assert before.failed and "expected the broker to reject the login" in before.result["msg"]
+    resp = _client(broker).admin_post("/v1/admin/certs/revoke", {
+        "serial_hex": agent["cert_serial_hex"], "org_id": org_a["id"], "agent_id": agent["agent_id"],
+        "reason": "integration test"})
+    assert resp.status == 200, resp.detail
+    r = login(broker, org_a["dir"], "to-revoke-cert", expect="failure", expect_status=401,
+              expect_detail="Certificate has been revoked")
+    assert not r.failed, r.result.get("msg")
+    assert (r.result["status"], r.result["detail"]) == (401, "Certificate has been revoked")
+    # with the default expect=success the same login fails the task, naming status and detail
+    r = login(broker, org_a["dir"], "to-revoke-cert")
+    assert r.failed and "HTTP 401: Certificate has been revoked" in r.result["msg"]
+
+
+def test_revoked_binding_login_is_403(broker, org_a):
+    agent = [a for a in org_a["result"].result["agents"] if a["name"] == "to-revoke-binding"][0]
+    resp = _client(broker).request("POST", f"/v1/registry/bindings/{agent['binding_id']}/revoke",
+                                   headers={"x-org-id": org_a["id"], "x-org-secret": org_secret(org_a["dir"])})
+    assert resp.status == 200, resp.detail
+    r = login(broker, org_a["dir"], "to-revoke-binding", expect="failure", expect_status=403,
+              expect_detail="No approved binding")
+    assert not r.failed, r.result.get("msg")
+    # a wrong expectation is a failed task that says what differed
+    r = login(broker, org_a["dir"], "to-revoke-binding", expect="failure", expect_status=401)
+    assert r.failed and "expected HTTP 401, got HTTP 403" in r.result["msg"]
+    # onboarding again re-approves the revoked binding (status read first, no 500 on approved ones)
+    again = onboard(broker, org_a["id"], org_a["dir"], ["to-revoke-binding"])
+    assert not again.failed, again.result.get("msg")
+    assert again.result["actions"] == [f"approve binding for {agent['agent_id']}"]
+    assert login(broker, org_a["dir"], "to-revoke-binding").result["logged_in"]
+
+
+def test_unknown_agent_is_a_clear_error(broker, org_a):
+    r = login(broker, org_a["dir"], "nobody")
+    assert r.failed and "onboard it with cullis.broker.org_onboard" in r.result["msg"]
+
+
+@pytest.mark.slow
+def test_smoke_playbook_all_phases_pass_without_leaking_secrets(broker, tmp_path):
+    env_file = tmp_path / "broker.env"
+    env_file.write_text(f"ADMIN_SECRET={broker.admin_secret}\nOTHER=1\n")
+    env_file.chmod(0o600)
+    ids = tmp_path / "ids"
+    r = run_playbook("playbooks/smoke.yml", inventory="inventories/local", verbosity=3, extra_vars={
+        "cullis_broker_public_url": broker.url, "cullis_env_file": str(env_file),
+        "cullis_smoke_identity_root": str(ids), "cullis_smoke_message_required": True})
+    report = r.task_results("Smoke test report")
+    assert report, r.output[-3000:]
+    lines = report[0]["msg"]
+    print("\n".join(lines))
+    assert r.rc == 0 and r.failed == 0, "\n".join(lines)
+    phases = {line[:18].strip(): line[19:26].strip() for line in lines[1:]}
+    assert phases == {"health": "PASS", "readyz": "PASS", "onboard": "PASS", "login": "PASS",
+                      "authenticated call": "PASS", "message A -> B": "PASS", "revoked cert": "PASS",
+                      "revoked binding": "PASS"}, "\n".join(lines)
+    org_secrets = [p.read_text().strip() for p in ids.glob("*/org-secret")]
+    assert len(org_secrets) == 2
+    assert_no_secrets(r.output, broker.admin_secret, *org_secrets)
