@@ -63,7 +63,14 @@ async def ensure_bootstrapped() -> None:
             patch.update(private_key_pem=private_pem, ca_cert_pem=ca_pem)
             event("first boot: generated the broker signing key (RSA 2048) and CA certificate; stored in Vault")
     state.keys = SigningKeys(private_pem, ca_pem, data.get("public_key_pem"))
-    if data.get("admin_password_user_set") != "true" and not data.get("admin_bootstrap_token"):
+    user_set = data.get("admin_password_user_set") == "true"
+    if user_set and not (data.get("admin_secret_hash") or "").startswith("$2"):
+        # Runbook "Admin lockout" (a): the operator blanked admin_secret_hash. Re-open first-run setup
+        # instead of leaving a dashboard nobody can log in to (real brokers stay locked out).
+        patch["admin_password_user_set"] = "false"
+        user_set = False
+        event("admin_secret_hash is empty or not bcrypt: dashboard first-run setup re-opened")
+    if not user_set and not data.get("admin_bootstrap_token"):
         patch["admin_bootstrap_token"] = secrets.token_urlsafe(32)
     if patch:
         try:
