@@ -51,6 +51,71 @@ def test_redis_ping_down_and_no_password(tmp_path):
     assert not r.failed
 
 
+# ---- broker_health against a real broker -------------------------------------------------------
+
+def test_broker_health_healthy_broker(broker):
+    """Runbook section 1, Verify: /health 200, /readyz 200 with database, redis and kms ok."""
+    r = run_module("broker_health", {"broker_url": broker.url, "admin_secret": broker.admin_secret}, verbosity=3)
+    assert not r.failed and not r.changed, r.output
+    res = r.result
+    assert res["healthy"] and res["ready"] and res["reachable"], res["problems"]
+    assert res["health"]["status"] == 200 and res["readyz"]["status"] == 200
+    assert {k: v["state"] for k, v in res["components"].items()} == {"database": "ok", "redis": "ok", "kms": "ok"}
+    assert res["health"]["latency_ms"] > 0
+    assert res["admin"] == {"status": 200, "state": "ok", "detail": None}
+    assert res["tls"]["scheme"] == "http" and res["tls"]["verified"] is None
+    assert broker.admin_secret not in r.output
+
+
+def test_broker_health_wrong_admin_secret_and_unreachable(broker):
+    """Runbook section 7, Symptoms: /v1/admin calls answer 403 with a wrong x-admin-secret."""
+    wrong = "definitely-not-the-admin-secret"
+    r = run_module("broker_health", {"broker_url": broker.url, "admin_secret": wrong})
+    assert r.result["admin"]["state"] == "rejected" and r.result["admin"]["status"] == 403
+    assert not r.result["healthy"] and r.result["ready"]
+    assert wrong not in r.output
+    from testkit.process import free_port
+    r = run_module("broker_health", {"broker_url": f"http://127.0.0.1:{free_port()}", "timeout": 2}, check=True)
+    assert not r.failed
+    assert r.result["reachable"] is False and r.result["healthy"] is False
+    assert r.result["components"]["database"]["state"] == "unchecked"
+    assert "unreachable" in r.result["problems"][0]
+
+
+def test_broker_health_redis_not_configured_is_degraded(pg_server, bao_server):
+    """Runbook section 4 / contract 6.9: a broker started without Redis reports ready but degraded."""
+    from testkit.broker import BrokerProcess
+    b = BrokerProcess(pg_server, None, bao_server)
+    try:
+        r = run_module("broker_health", {"broker_url": b.url})
+        res = r.result
+        assert res["ready"] is True, res
+        assert res["components"]["redis"]["state"] == "not_configured"
+        assert res["degraded"] == ["redis not_configured"]
+        assert res["healthy"] is False
+    finally:
+        b.cleanup()
+
+
+def test_broker_health_tls_verification(test_ca, tmp_path):
+    """TLS verification result: trusted CA verifies; an unknown CA fails verification but health is still read."""
+    from testkit.pki import CA
+    from testkit.tls_server import TLSServers
+    test_ca.write(tmp_path, "ca")
+    other = CA.create("Some Other CA")
+    other.write(tmp_path, "other")
+    with TLSServers(workers=2) as servers:
+        port = servers.serve_issued(test_ca.server_cert("127.0.0.1"))
+        url = f"https://127.0.0.1:{port}"
+        ok = run_module("broker_health", {"broker_url": url, "ca_path": str(tmp_path / "ca.pem")}).result
+        assert ok["tls"] == {"scheme": "https", "verified": True, "error": None}
+        assert ok["health"]["status"] == 200
+        bad = run_module("broker_health", {"broker_url": url, "ca_path": str(tmp_path / "other.pem")}).result
+        assert bad["tls"]["verified"] is False and "TLS error" in bad["tls"]["error"]
+        assert bad["health"]["status"] == 200
+        assert not bad["healthy"] and any("TLS verification failed" in p for p in bad["problems"])
+
+
 # ---- service_info against real processes under a real supervisord ---------------------------
 
 import os
