@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -155,6 +156,33 @@ def test_login_and_authenticated_call(broker, org_a):
     assert "eyJ" not in json.dumps(r.result)
 
 
+def token_requests_since(redis_server, t0: float) -> int:
+    """POST /v1/auth/token hits recorded by the broker's rate limiter (contract: ratelimit:<ip>:auth.token)."""
+    import redis
+    r = redis.Redis.from_url(redis_server.url)
+    try:
+        return r.zcount("ratelimit:127.0.0.1:auth.token", t0, "+inf")
+    finally:
+        r.close()
+
+
+def test_a_login_costs_one_token_request_and_the_peer_none_extra(broker, redis_server, org_a, org_b):
+    """The smoke test must fit the broker's 10 token requests/min/IP: count the real hits."""
+    t0 = time.time() - 0.001
+    r = login(broker, org_a["dir"], "worker")
+    assert not r.failed, r.result.get("msg")
+    assert token_requests_since(redis_server, t0) == 1
+    t1 = time.time() - 0.001
+    r = login(broker, org_a["dir"], "worker", prefetch_nonce=False)
+    assert not r.failed, r.result.get("msg")
+    assert token_requests_since(redis_server, t1) == 2  # nonce round-trip
+    t2 = time.time() - 0.001
+    r = login(broker, org_a["dir"], "sender", send_message={
+        "peer_identity_dir": str(org_b["dir"]), "peer_agent": "receiver"})
+    assert not r.failed, r.result.get("msg")
+    assert token_requests_since(redis_server, t2) == 2  # sender 1 + peer 1 (shared nonce)
+
+
 def test_login_in_check_mode_still_logs_in(broker, org_a):
     r = login(broker, org_a["dir"], "worker", check=True)
     assert not r.failed, r.result.get("msg")
@@ -213,11 +241,12 @@ def test_unknown_agent_is_a_clear_error(broker, org_a):
 
 
 @pytest.mark.slow
-def test_smoke_playbook_all_phases_pass_without_leaking_secrets(broker, tmp_path):
+def test_smoke_playbook_all_phases_pass_without_leaking_secrets(broker, redis_server, tmp_path):
     env_file = tmp_path / "broker.env"
     env_file.write_text(f"ADMIN_SECRET={broker.admin_secret}\nOTHER=1\n")
     env_file.chmod(0o600)
     ids = tmp_path / "ids"
+    t0 = time.time() - 0.001
     r = run_playbook("playbooks/smoke.yml", inventory="inventories/local", verbosity=3, extra_vars={
         "cullis_broker_public_url": broker.url, "cullis_env_file": str(env_file),
         "cullis_smoke_identity_root": str(ids), "cullis_smoke_message_required": True})
@@ -230,6 +259,8 @@ def test_smoke_playbook_all_phases_pass_without_leaking_secrets(broker, tmp_path
     assert phases == {"health": "PASS", "readyz": "PASS", "onboard": "PASS", "login": "PASS",
                       "authenticated call": "PASS", "message A -> B": "PASS", "revoked cert": "PASS",
                       "revoked binding": "PASS"}, "\n".join(lines)
+    # four logins, one token request each: well inside the broker's 10/min/IP
+    assert token_requests_since(redis_server, t0) == 4
     org_secrets = [p.read_text().strip() for p in ids.glob("*/org-secret")]
     assert len(org_secrets) == 2
     assert_no_secrets(r.output, broker.admin_secret, *org_secrets)

@@ -22,8 +22,10 @@ description:
     session and reads the message back, which proves delivery.
   - Changes no configuration, so it always reports C(changed=false). A login still has side
     effects on the broker (certificate pinned on first login, audit rows, rate-limit counters).
-  - The broker allows 10 token requests per minute per client IP and a login costs two. On HTTP
-    429 the module waits for C(Retry-After) and retries, for at most O(rate_limit_wait) seconds.
+  - The broker allows 10 token requests per minute per client IP and a plain login costs two
+    (nonce round-trip); with O(prefetch_nonce) it costs one, and the peer of O(send_message) reuses
+    the sender's nonce. On HTTP 429 the module waits for C(Retry-After) and retries, for at most
+    O(rate_limit_wait) seconds.
   - The access token is never returned or logged; its claims are.
 author: Cullis operations team (@cullis)
 extends_documentation_fragment:
@@ -118,6 +120,13 @@ options:
             reported in RV(send_message) with RV(send_message.result=policy_denied) instead of failing.
         type: bool
         default: true
+  prefetch_nonce:
+    description:
+      - Take the current DPoP nonce from an unauthenticated C(GET /v1/federation/agents) (every
+        C(/v1) response carries it) before logging in, so a login costs one of the 10 token
+        requests per minute instead of two. Falls back to the nonce round-trip when absent.
+    type: bool
+    default: true
   rate_limit_wait:
     description:
       - Longest total time, in seconds, to wait for the login rate limit (HTTP 429) to clear. V(0) fails at once.
@@ -291,6 +300,15 @@ def retry_after_seconds(error):
         return DEFAULT_RETRY_AFTER
 
 
+def prefetch_nonce(session):
+    """Seed the session with the broker's current DPoP nonce without spending a token request."""
+    resp = session.client.request('GET', '/v1/federation/agents')
+    nonce = resp.headers.get('dpop-nonce')
+    if nonce:
+        session.nonce = nonce
+    return bool(nonce)
+
+
 def login(session, max_wait, sleep=time.sleep):
     """Log in, waiting out 429s for at most `max_wait` s. Returns (status, detail, waited)."""
     waited = 0.0
@@ -392,6 +410,7 @@ def main():
             payload=dict(type='dict', default={'text': 'ping'}),
             require_delivery=dict(type='bool', default=True),
         )),
+        prefetch_nonce=dict(type='bool', default=True),
         rate_limit_wait=dict(type='int', default=120),
     )
     module = AnsibleModule(
@@ -411,6 +430,8 @@ def main():
         peer_identity = load_peer(p['send_message']) if p['send_message'] else None
         result['agent_id'] = identity.agent_id
         session = AgentSession(client, p['public_url'] or p['broker_url'], identity)
+        if p['prefetch_nonce']:
+            prefetch_nonce(session)
         status, detail, waited = login(session, p['rate_limit_wait'])
         result.update(status=status, detail=detail, rate_limit_waited=waited, logged_in=status == 200)
         if status == 200:
