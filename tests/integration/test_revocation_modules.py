@@ -165,7 +165,7 @@ def test_cert_revoke_partial_failure_reports_what_succeeded(broker, pg_server, s
     assert r.failed and r.changed
     assert "1 of 3 revocations failed (2 revoked" in r.result["msg"]
     assert sorted(t["serial_hex"] for t in r.result["revoked"]) == sorted(fine)
-    assert [f["serial_hex"] for f in r.result["failed"]] == [doomed]
+    assert [f["serial_hex"] for f in r.result["failures"]] == [doomed]
     assert set(fine) <= revoked_serials(broker, org) and doomed not in revoked_serials(broker, org)
 
 

@@ -68,7 +68,7 @@ invalidated:
   returned: always
   type: list
   elements: str
-failed:
+failures:
   description: Agents that could not be handled (C(agent_id), C(status), C(error)); non-empty fails the task.
   returned: always
   type: list
@@ -112,7 +112,7 @@ def run_module():
     p = module.params
     org = p['org_id']
     agents = sorted(set(p['agent_ids']))
-    result = dict(changed=False, invalidated=[], failed=[], method=None)
+    result = dict(changed=False, invalidated=[], failures=[], method=None)
     foreign = [a for a in agents if not a.startswith(org + '::')]
     if foreign:
         module.fail_json(msg="nothing was invalidated: agents not of org %r: %s" % (org, ', '.join(foreign)), **result)
@@ -135,13 +135,13 @@ def run_module():
                 if error is None:
                     result['invalidated'].append(agent_id)
                 else:
-                    result['failed'].append(dict(agent_id=agent_id, status=status, error=error))
+                    result['failures'].append(dict(agent_id=agent_id, status=status, error=error))
             result['changed'] = bool(result['invalidated'])
-            if result['failed']:
+            if result['failures']:
                 module.fail_json(msg="%d of %d token invalidations failed (%d done); first: %s: %s %s"
-                                 % (len(result['failed']), len(agents), len(result['invalidated']),
-                                    result['failed'][0]['agent_id'], result['failed'][0]['status'],
-                                    result['failed'][0]['error']), **result)
+                                 % (len(result['failures']), len(agents), len(result['invalidated']),
+                                    result['failures'][0]['agent_id'], result['failures'][0]['status'],
+                                    result['failures'][0]['error']), **result)
             module.exit_json(**result)
         if first[1] not in (401, 403):
             module.fail_json(msg="nothing was invalidated: revoke-agent %s: %s %s" % first, **result)
@@ -158,11 +158,11 @@ def run_module():
     finally:
         db.close()
     result.update(method='database', invalidated=hit, changed=bool(hit))
-    result['failed'] = [dict(agent_id=a, status=None, error='agent not found in the broker database')
+    result['failures'] = [dict(agent_id=a, status=None, error='agent not found in the broker database')
                         for a in agents if a not in hit]
-    if result['failed']:
+    if result['failures']:
         module.fail_json(msg="%d agents not found in org %r: %s (the others were invalidated)"
-                         % (len(result['failed']), org, ', '.join(f['agent_id'] for f in result['failed'])),
+                         % (len(result['failures']), org, ', '.join(f['agent_id'] for f in result['failures'])),
                          **result)
     module.exit_json(**result)
 

@@ -87,7 +87,7 @@ would_revoke:
   returned: always
   type: list
   elements: int
-failed:
+failures:
   description: Bindings whose revocation failed (C(id), C(status), C(error)); non-empty fails the task.
   returned: always
   type: list
@@ -120,7 +120,7 @@ def run_module():
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     p = module.params
     org = p['org_id']
-    result = dict(changed=False, bindings=[], revoked=[], already_revoked=[], would_revoke=[], failed=[],
+    result = dict(changed=False, bindings=[], revoked=[], already_revoked=[], would_revoke=[], failures=[],
                   method=None)
     client = BrokerClient.from_module(module)
     headers = org_headers(org, p['org_secret']) if p['org_secret'] else None
@@ -196,13 +196,13 @@ def run_module():
                 if error is None:
                     result['revoked'].append(binding['id'])
                 else:
-                    result['failed'].append(dict(id=binding['id'], agent_id=binding['agent_id'], status=status,
+                    result['failures'].append(dict(id=binding['id'], agent_id=binding['agent_id'], status=status,
                                                  error=error))
     result['changed'] = bool(result['revoked'])
-    if result['failed']:
+    if result['failures']:
         module.fail_json(msg="%d of %d binding revocations failed (%d revoked); first: binding %s: %s"
-                         % (len(result['failed']), len(todo), len(result['revoked']), result['failed'][0]['id'],
-                            result['failed'][0]['error']), **result)
+                         % (len(result['failures']), len(todo), len(result['revoked']), result['failures'][0]['id'],
+                            result['failures'][0]['error']), **result)
     module.exit_json(**result)
 
 

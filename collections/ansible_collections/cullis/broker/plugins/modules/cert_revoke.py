@@ -134,8 +134,8 @@ already_revoked:
   returned: always
   type: list
   elements: dict
-failed:
-  description: Certificates whose revocation failed, with C(status) and C(error). Non-empty fails the task.
+failures:
+  description: Certificates whose revocation failed, with C(status) and C(error). Non-empty fails the task. (Named C(failures) because Ansible reserves C(failed).)
   returned: always
   type: list
   elements: dict
@@ -162,7 +162,7 @@ counts:
   description: Number of entries in each list above.
   returned: always
   type: dict
-  sample: {"targets": 20, "revoked": 20, "already_revoked": 0, "failed": 0}
+  sample: {"targets": 20, "revoked": 20, "already_revoked": 0, "failures": 0}
 """
 
 from concurrent.futures import ThreadPoolExecutor
@@ -266,7 +266,7 @@ def run_module():
         required_if=[('all_agents', True, ['org_id'])],
     )
     p = module.params
-    result = dict(changed=False, revoked=[], already_revoked=[], failed=[], would_revoke=[], agents=[],
+    result = dict(changed=False, revoked=[], already_revoked=[], failures=[], would_revoke=[], agents=[],
                   unpinned_agents=[], discovery=None, counts={})
     if not (p['serials'] or p['certs'] or p['all_agents']):
         module.fail_json(msg="nothing to revoke: give serials, certs, or org_id with all_agents: true", **result)
@@ -335,19 +335,19 @@ def run_module():
     with ThreadPoolExecutor(max_workers=workers) as pool:
         outcomes = list(pool.map(lambda t: revoke_one(client, t, p['reason'], p['revoked_by']), todo))
     for kind, entry in outcomes:
-        result[kind].append(entry)
+        result['failures' if kind == 'failed' else kind].append(entry)
     result['changed'] = bool(result['revoked'])
     result['counts'] = counts(targets, result)
-    if result['failed']:
-        first = result['failed'][0]
+    if result['failures']:
+        first = result['failures'][0]
         module.fail_json(msg="%d of %d revocations failed (%d revoked, %d already revoked); first failure: %s %s"
-                         % (len(result['failed']), len(todo), len(result['revoked']),
+                         % (len(result['failures']), len(todo), len(result['revoked']),
                             len(result['already_revoked']), first['serial_hex'], first['error']), **result)
     module.exit_json(**result)
 
 
 def counts(targets, result):
-    c = dict((k, len(result[k])) for k in ('revoked', 'already_revoked', 'failed', 'would_revoke', 'unpinned_agents'))
+    c = dict((k, len(result[k])) for k in ('revoked', 'already_revoked', 'failures', 'would_revoke', 'unpinned_agents'))
     c['targets'] = len(targets)
     return c
 
