@@ -359,6 +359,9 @@ async def list_messages(sid: str, after: int = -1, agent: AgentPrincipal = Depen
 # --- WebSocket push (cross-worker via Redis pub/sub `ws:agent:<id>`) --------------------------------
 
 async def deliver_local(agent_id: str, message: dict) -> bool:
+    if message.get("type") == "_drop":
+        await _close_local(agent_id)
+        return False
     delivered = False
     for ws in list(state.websockets.get(agent_id, ())):
         try:
@@ -379,6 +382,16 @@ async def notify(agent_id: str, message: dict) -> bool:
 
 
 async def drop_agent(agent_id: str) -> None:
+    """Close the agent's sockets on every worker (binding revoked)."""
+    if state.store.configured:
+        try:
+            await state.store.publish(f"ws:agent:{agent_id}", json.dumps({"type": "_drop"}))
+        except Exception:  # noqa: BLE001
+            pass
+    await _close_local(agent_id)
+
+
+async def _close_local(agent_id: str) -> None:
     for ws in list(state.websockets.pop(agent_id, ())):
         try:
             await ws.close(code=1008)
@@ -387,13 +400,22 @@ async def drop_agent(agent_id: str) -> None:
 
 
 async def pubsub_loop() -> None:
-    """Forward Redis `ws:agent:*` messages to this worker's sockets; reconnect on errors."""
+    """Forward Redis `ws:agent:<id>` messages to this worker's sockets; reconnect on errors.
+
+    A worker subscribes to an agent's channel only while it holds that agent's socket, so the
+    PUBLISH receiver count tells the sender whether the message was pushed ("accepted").
+    """
     while True:
         try:
-            pubsub = state.store.redis.pubsub()
-            await pubsub.psubscribe("ws:agent:*")
-            async for msg in pubsub.listen():
-                if msg.get("type") != "pmessage":
+            state.pubsub = state.store.redis.pubsub()
+            for agent_id in list(state.websockets):
+                await state.pubsub.subscribe(f"ws:agent:{agent_id}")
+            while True:
+                if not state.pubsub.subscribed:
+                    await asyncio.sleep(0.1)
+                    continue
+                msg = await state.pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if not msg or msg.get("type") != "message":
                     continue
                 channel = msg["channel"].decode() if isinstance(msg["channel"], bytes) else msg["channel"]
                 await deliver_local(channel[len("ws:agent:"):], json.loads(msg["data"]))
@@ -401,7 +423,21 @@ async def pubsub_loop() -> None:
             raise
         except Exception as e:  # noqa: BLE001
             event("websocket pub/sub listener error; retrying", error=type(e).__name__)
+            state.pubsub = None
             await asyncio.sleep(1)
+
+
+async def _subscribe(agent_id: str, on: bool) -> None:
+    pubsub = getattr(state, "pubsub", None)
+    if pubsub is None:
+        return
+    try:
+        if on:
+            await pubsub.subscribe(f"ws:agent:{agent_id}")
+        else:
+            await pubsub.unsubscribe(f"ws:agent:{agent_id}")
+    except Exception as e:  # noqa: BLE001 - the listener reconnects and resubscribes
+        event("websocket subscribe failed", error=type(e).__name__)
 
 
 @router.websocket("/v1/broker/ws")
@@ -418,7 +454,10 @@ async def websocket(ws: WebSocket):
     if state.draining:
         await ws.close(code=1012)
         return
+    first = not state.websockets.get(agent_id)
     state.websockets.setdefault(agent_id, set()).add(ws)
+    if first:
+        await _subscribe(agent_id, True)
     await ws.send_json({"type": "auth_ok", "agent_id": agent_id})
     try:
         while True:
@@ -426,4 +465,8 @@ async def websocket(ws: WebSocket):
     except WebSocketDisconnect:
         pass
     finally:
-        state.websockets.get(agent_id, set()).discard(ws)
+        sockets = state.websockets.get(agent_id, set())
+        sockets.discard(ws)
+        if not sockets:
+            state.websockets.pop(agent_id, None)
+            await _subscribe(agent_id, False)

@@ -17,6 +17,7 @@ class State:
         self.nonces = NonceManager()
         self.draining = False
         self.websockets: dict[str, set] = {}
+        self.pubsub = None
         self.tasks: list[asyncio.Task] = []
 
 
