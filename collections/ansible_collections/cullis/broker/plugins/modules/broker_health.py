@@ -24,7 +24,7 @@ description:
     C(x-admin-secret) is accepted (runbook section 7).
   - Never fails because the broker is unhealthy or unreachable; use RV(healthy) in C(assert) or
     C(until). Fails only on invalid options.
-author: Cullis operations team
+author: Cullis operations team (!UNKNOWN)
 extends_documentation_fragment:
   - cullis.broker.broker
 attributes:
@@ -33,8 +33,10 @@ attributes:
     description: Read-only; runs the same probes in check mode.
   diff_mode:
     support: none
+    description: Reports state only; there is nothing to diff.
   idempotent:
     support: full
+    description: Read-only; repeated runs report the same and change nothing.
 options:
   check_admin:
     description:
@@ -96,21 +98,48 @@ health:
   type: dict
   returned: always
   contains:
-    status: {description: HTTP status, null when unreachable., type: int}
-    latency_ms: {description: Round-trip time in milliseconds., type: float}
-    body: {description: Parsed JSON body., type: dict}
-    error: {description: Transport error text., type: str}
+    status:
+      description: "HTTP status, null when unreachable."
+      type: int
+      returned: always
+    latency_ms:
+      description: "Round-trip time in milliseconds."
+      type: float
+      returned: always
+    body:
+      description: "Parsed JSON body."
+      type: dict
+      returned: always
+    error:
+      description: "Transport error text."
+      type: str
+      returned: always
   sample: {status: 200, latency_ms: 3.1, body: {status: ok, version: 0.1.0}, error: null}
 readyz:
   description: Result of C(GET /readyz).
   type: dict
   returned: always
   contains:
-    status: {description: HTTP status., type: int}
-    state: {description: C(ready), C(not_ready), C(draining) or null., type: str}
-    latency_ms: {description: Round-trip time in milliseconds., type: float}
-    checks: {description: Raw C(checks) map of the broker., type: dict}
-    error: {description: Transport error text., type: str}
+    status:
+      description: "HTTP status."
+      type: int
+      returned: always
+    state:
+      description: "C(ready), C(not_ready), C(draining) or null."
+      type: str
+      returned: always
+    latency_ms:
+      description: "Round-trip time in milliseconds."
+      type: float
+      returned: always
+    checks:
+      description: "Raw C(checks) map of the broker."
+      type: dict
+      returned: always
+    error:
+      description: "Transport error text."
+      type: str
+      returned: always
 components:
   description:
     - One entry per component (C(database), C(redis), C(kms)).
@@ -127,16 +156,31 @@ tls:
   type: dict
   returned: always
   contains:
-    scheme: {description: C(http) or C(https)., type: str}
-    verified: {description: Certificate verified against O(ca_path) / system trust; null for http or unreachable., type: bool}
-    error: {description: Verification error text., type: str}
+    scheme:
+      description: "C(http) or C(https)."
+      type: str
+      returned: always
+    verified:
+      description: "Certificate verified against O(ca_path) / system trust; null for http or unreachable."
+      type: bool
+      returned: always
+    error:
+      description: "Verification error text."
+      type: str
+      returned: always
 admin:
   description: Result of the admin probe (only with O(admin_secret)).
   type: dict
   returned: when admin_secret is set
   contains:
-    status: {description: HTTP status of C(GET /v1/registry/orgs)., type: int}
-    state: {description: V(ok) (200), V(rejected) (403), V(error)., type: str}
+    status:
+      description: "HTTP status of C(GET /v1/registry/orgs)."
+      type: int
+      returned: always
+    state:
+      description: "V(ok) (200), V(rejected) (403), V(error)."
+      type: str
+      returned: always
 """
 
 import time

@@ -22,15 +22,17 @@ description:
   - Standard library only (no C(redis) Python package needed on the target), unlike
     M(community.general.redis_info), which also fails outright on an auth error instead of
     classifying it.
-author: Cullis operations team
+author: Cullis operations team (!UNKNOWN)
 attributes:
   check_mode:
     support: full
     description: Read-only.
   diff_mode:
     support: none
+    description: Reports state only; there is nothing to diff.
   idempotent:
     support: full
+    description: Read-only; repeated runs report the same and change nothing.
 options:
   host:
     description: Redis host.

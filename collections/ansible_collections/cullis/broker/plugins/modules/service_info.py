@@ -22,15 +22,17 @@ description:
     V(signaled), V(stopped), V(never_started), V(running).
   - Secrets are redacted from every returned log line - the values of secret keys in the stack's
     C(.env) and secret-shaped patterns (passwords in URLs, C(x-admin-secret), tokens, JWTs).
-author: Cullis operations team
+author: Cullis operations team (!UNKNOWN)
 attributes:
   check_mode:
     support: full
     description: Read-only.
   diff_mode:
     support: none
+    description: Reports state only; there is nothing to diff.
   idempotent:
     support: full
+    description: Read-only; repeated runs report the same and change nothing.
 options:
   stack_dir:
     description: The stack directory (C(cullis_stack_dir)).
@@ -93,24 +95,81 @@ services:
   type: dict
   returned: always
   contains:
-    state: {description: Runtime state (RUNNING STOPPED EXITED FATAL BACKOFF STARTING STOPPING ABSENT)., type: str}
-    running: {description: The service runs., type: bool}
-    pid: {description: Pid while running., type: int}
-    uptime: {description: Seconds since start while running., type: int}
-    exit_code: {description: Exit status of the last exit; null when a signal ended it or it never exited., type: int}
-    signal: {description: Signal that ended the last run (e.g. SIGKILL)., type: str}
-    shell_exit_code: {description: Docker-style code - 128+signal (137 for SIGKILL) or the exit status., type: int}
-    exit_class: {description: Why it is down (see description)., type: str}
-    oom: {description: Out of memory was detected, and how (C(memory_error), C(kernel_oom_kill), C(cgroup)), or null., type: str}
-    cgroup_oom_kills: {description: oom_kill counter of the service's memory cgroup (cumulative), null without one., type: int}
-    restarts: {description: Spawns since the stack's supervisord started, minus one., type: int}
-    spawnerr: {description: The runtime's spawn error., type: str}
-    logfile: {description: Path of the service log., type: str}
-    log_tail: {description: Last O(log_lines) log lines, redacted., type: list, elements: str}
-    startup_error: {description: For C(startup_failure) - the first real error after the startup marker (redacted)., type: str}
-    startup_error_cause: {description: C(migrations), C(vault), C(postgres), C(redis), C(config), C(memory) or C(unknown)., type: str}
-    evidence: {description: Error lines of the last run (redacted)., type: list, elements: str}
-    traceback: {description: Last Python traceback of the last run (redacted)., type: list, elements: str}
+    state:
+      description: "Runtime state (RUNNING STOPPED EXITED FATAL BACKOFF STARTING STOPPING ABSENT)."
+      type: str
+      returned: always
+    running:
+      description: "The service runs."
+      type: bool
+      returned: always
+    pid:
+      description: "Pid while running."
+      type: int
+      returned: always
+    uptime:
+      description: "Seconds since start while running."
+      type: int
+      returned: always
+    exit_code:
+      description: "Exit status of the last exit; null when a signal ended it or it never exited."
+      type: int
+      returned: always
+    signal:
+      description: "Signal that ended the last run (e.g. SIGKILL)."
+      type: str
+      returned: always
+    shell_exit_code:
+      description: "Docker-style code - 128+signal (137 for SIGKILL) or the exit status."
+      type: int
+      returned: always
+    exit_class:
+      description: "Why it is down (see description)."
+      type: str
+      returned: always
+    oom:
+      description: "Out of memory was detected, and how (C(memory_error), C(kernel_oom_kill), C(cgroup)), or null."
+      type: str
+      returned: always
+    cgroup_oom_kills:
+      description: "oom_kill counter of the service's memory cgroup (cumulative), null without one."
+      type: int
+      returned: always
+    restarts:
+      description: "Spawns since the stack's supervisord started, minus one."
+      type: int
+      returned: always
+    spawnerr:
+      description: "The runtime's spawn error."
+      type: str
+      returned: always
+    logfile:
+      description: "Path of the service log."
+      type: str
+      returned: always
+    log_tail:
+      description: "Last O(log_lines) log lines, redacted."
+      type: list
+      elements: str
+      returned: always
+    startup_error:
+      description: "For C(startup_failure) - the first real error after the startup marker (redacted)."
+      type: str
+      returned: when the service is down
+    startup_error_cause:
+      description: "C(migrations), C(vault), C(postgres), C(redis), C(config), C(memory) or C(unknown)."
+      type: str
+      returned: when the service is down
+    evidence:
+      description: "Error lines of the last run (redacted)."
+      type: list
+      elements: str
+      returned: when the service is down
+    traceback:
+      description: "Last Python traceback of the last run (redacted)."
+      type: list
+      elements: str
+      returned: when the service is down
   sample:
     broker:
       state: EXITED
@@ -173,7 +232,7 @@ def cgroup_oom_kills(stack_dir, name):
         try:
             with open(os.path.join(directory, fname)) as f:
                 for line in f:
-                    key, _, value = line.strip().partition(' ')
+                    key, dummy, value = line.strip().partition(' ')
                     if key == 'oom_kill':
                         return int(value)
         except (IOError, OSError, ValueError):
@@ -183,7 +242,7 @@ def cgroup_oom_kills(stack_dir, name):
 
 def dmesg_lines():
     try:
-        out = subprocess.run(['dmesg'], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=5)
+        out = subprocess.run(['dmesg'], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=5, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
     if out.returncode != 0:
