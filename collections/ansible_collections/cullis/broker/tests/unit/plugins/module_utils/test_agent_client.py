@@ -172,3 +172,5 @@ def test_session_login_does_nonce_round_trip_and_countersigns():
 def test_login_error_carries_status_and_detail():
     err = ac.LoginError(403, 'Agent not active')
     assert err.status == 403 and err.detail == 'Agent not active' and 'Agent not active' in str(err)
+    assert err.headers == {}
+    assert ac.LoginError(429, 'Rate limit', {'retry-after': '60'}).headers['retry-after'] == '60'
