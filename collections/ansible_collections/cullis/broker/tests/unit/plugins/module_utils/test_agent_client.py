@@ -154,8 +154,8 @@ def test_session_login_does_nonce_round_trip_and_countersigns():
     mastio = ec.generate_private_key(ec.SECP256R1())
     cert_pem, _cert = _self_signed(key, 'org::a')
     client = _FakeClient()
-    sess = ac.AgentSession(client, 'http://127.0.0.1:1/', ac.AgentIdentity('org::a', 'org', cert_pem, _pem(key),
-                                                                             mastio_key_pem=_pem(mastio)))
+    identity = ac.AgentIdentity('org::a', 'org', cert_pem, _pem(key), mastio_key_pem=_pem(mastio))
+    sess = ac.AgentSession(client, 'http://127.0.0.1:1/', identity)
     data = sess.login()
     assert data['access_token'] == 'T' and sess.access_token == 'T'
     assert len(client.calls) == 2
