@@ -21,10 +21,11 @@ def collection_import():
         sys.path.insert(0, str(COLLECTIONS))
 
 
-def admin_client(broker, admin_secret: str | None = None):
+def admin_client(broker, admin_secret: str | None = None, *, url: str | None = None, ca_path: str | None = None):
     collection_import()
     from ansible_collections.cullis.broker.plugins.module_utils._broker import BrokerClient
-    return BrokerClient(broker.url, admin_secret=admin_secret or broker.admin_secret)
+    return BrokerClient(url or broker.url, admin_secret=admin_secret or broker.admin_secret,
+                        ca_path=str(ca_path) if ca_path else None)
 
 
 def new_org_id(prefix: str) -> str:
@@ -32,8 +33,9 @@ def new_org_id(prefix: str) -> str:
 
 
 def reset_rate_limits(redis_server) -> int:
+    """`redis_server`: a testkit RedisServer or a redis:// URL (the stack's REDIS_URL)."""
     import redis
-    r = redis.Redis.from_url(redis_server.url)
+    r = redis.Redis.from_url(redis_server if isinstance(redis_server, str) else redis_server.url)
     try:
         keys = list(r.scan_iter("ratelimit:*"))
         return r.delete(*keys) if keys else 0
@@ -41,12 +43,15 @@ def reset_rate_limits(redis_server) -> int:
         r.close()
 
 
-def onboard_org(broker, org_id: str, identity_dir: Path, n_agents: int, redis_server=None) -> dict:
-    """Onboard `org_id` with agents a00..a{n-1}; returns the module result."""
+def onboard_org(broker, org_id: str, identity_dir: Path, n_agents: int, redis_server=None, *,
+                url: str | None = None, admin_secret: str | None = None, ca_path: str | None = None) -> dict:
+    """Onboard `org_id` with agents a00..a{n-1} on `broker` (or `url`/`admin_secret`/`ca_path`)."""
     if redis_server is not None:
         reset_rate_limits(redis_server)
-    args = {"broker_url": broker.url, "admin_secret": broker.admin_secret, "org_id": org_id,
+    args = {"broker_url": url or broker.url, "admin_secret": admin_secret or broker.admin_secret, "org_id": org_id,
             "identity_dir": str(identity_dir), "agents": [{"name": f"a{i:02d}"} for i in range(n_agents)]}
+    if ca_path:
+        args["ca_path"] = str(ca_path)
     r = run_module("org_onboard", args)
     assert not r.failed, r.result.get("msg") or r.output[-3000:]
     return r.result
@@ -68,3 +73,23 @@ def db_query(dsn: str, sql: str, args=()) -> list[tuple]:
         return rows
     finally:
         conn.close()
+
+
+def agent_session(url: str, identity_dir: Path, name: str, ca_path: str | None = None):
+    """An AgentSession (the collection's agent protocol client) for agent `name` of an identity dir."""
+    collection_import()
+    from ansible_collections.cullis.broker.plugins.module_utils._agent_client import AgentIdentity, AgentSession
+    from ansible_collections.cullis.broker.plugins.module_utils._broker import BrokerClient
+    identity = AgentIdentity.load(str(Path(identity_dir) / "agents" / name))
+    return AgentSession(BrokerClient(url, ca_path=str(ca_path) if ca_path else None), url, identity)
+
+
+def login_error(url: str, identity_dir: Path, name: str, ca_path: str | None = None) -> tuple[int, str]:
+    """(status, detail) of one real login; (200, '') when it succeeds."""
+    collection_import()
+    from ansible_collections.cullis.broker.plugins.module_utils._agent_client import LoginError
+    try:
+        agent_session(url, identity_dir, name, ca_path).login()
+    except LoginError as e:
+        return e.status, e.detail
+    return 200, ""

@@ -12,8 +12,8 @@ import pytest
 
 from testkit.ansible import run_module, run_playbook
 from testkit.broker import BrokerProcess
-from testkit.broker_orgs import (
-    admin_client, collection_import, db_query, new_org_id, onboard_org, org_secret, reset_rate_limits)
+from testkit import broker_orgs
+from testkit.broker_orgs import admin_client, db_query, new_org_id, onboard_org, org_secret, reset_rate_limits
 from testkit.process import free_port
 
 N_AGENTS = 20
@@ -46,21 +46,11 @@ def org_status(broker, org_id) -> str:
 
 
 def agent_session(broker, identity_dir, name):
-    collection_import()
-    from ansible_collections.cullis.broker.plugins.module_utils._agent_client import AgentIdentity, AgentSession
-    from ansible_collections.cullis.broker.plugins.module_utils._broker import BrokerClient
-    identity = AgentIdentity.load(str(identity_dir / "agents" / name))
-    return AgentSession(BrokerClient(broker.url), broker.url, identity)
+    return broker_orgs.agent_session(broker.url, identity_dir, name)
 
 
 def login_error(broker, identity_dir, name):
-    collection_import()
-    from ansible_collections.cullis.broker.plugins.module_utils._agent_client import LoginError
-    try:
-        agent_session(broker, identity_dir, name).login()
-    except LoginError as e:
-        return e.status, e.detail
-    return 200, ""
+    return broker_orgs.login_error(broker.url, identity_dir, name)
 
 
 def assert_no_secrets(output: str, *secrets):
