@@ -181,9 +181,10 @@ async def jwks():
     return JSONResponse(state.keys.jwks(), headers={"Cache-Control": "public, max-age=3600"})
 
 
-from app import dashboard, routes_auth, routes_broker, routes_registry  # noqa: E402
+from app import dashboard, routes_auth, routes_broker, routes_onboarding, routes_registry  # noqa: E402
 
 app.include_router(routes_registry.router)
 app.include_router(routes_auth.router)
 app.include_router(routes_broker.router)
+app.include_router(routes_onboarding.router)
 app.include_router(dashboard.router)
