@@ -16,7 +16,7 @@ description:
   - An unreachable node is reported (C(reachable=false)) rather than failing the task, so one
     dead node does not hide the state of the others. Set O(fail_on_unreachable=true) to fail instead.
 version_added: 0.1.0
-author: Cullis operations team
+author: Cullis operations team (@cullis)
 extends_documentation_fragment:
   - cullis.broker.vault
 options:
@@ -28,11 +28,14 @@ options:
 attributes:
   check_mode:
     support: full
+    description: Can run in check mode and return changed status prediction without modifying target.
     details: Read-only; runs the same in check mode.
   diff_mode:
     support: none
+    description: Nothing to diff.
   idempotent:
     support: full
+    description: When run twice in a row with the same arguments, the second run reports no change.
 seealso:
   - module: cullis.broker.vault_unseal
 """
@@ -64,7 +67,7 @@ nodes:
   contains:
     url: {description: The node address., type: str}
     reachable: {description: The node answered., type: bool}
-    error: {description: Why it could not be read, or null., type: str}
+    error: {description: "Why it could not be read, or null.", type: str}
     health: {description: "V(active), V(standby), V(perfstandby), V(sealed), V(uninitialized) or V(error).", type: str}
     initialized: {description: Initialised., type: bool}
     sealed: {description: Sealed., type: bool}

@@ -24,7 +24,7 @@ description:
     registered variable holds every field. Write it with a task that has C(no_log=true).
   - Runbook section 3, "Recover (scoped token expired)".
 version_added: 0.1.0
-author: Cullis operations team
+author: Cullis operations team (@cullis)
 extends_documentation_fragment:
   - cullis.broker.vault
 options:
@@ -83,11 +83,14 @@ options:
 attributes:
   check_mode:
     support: full
+    description: Can run in check mode and return changed status prediction without modifying target.
     details: Looks the token up and reports whether it would be renewed or replaced; renews and creates nothing.
   diff_mode:
     support: none
+    description: Nothing to diff.
   idempotent:
     support: full
+    description: When run twice in a row with the same arguments, the second run reports no change.
     details: A valid token with enough TTL is left alone.
 seealso:
   - module: cullis.broker.vault_unseal
@@ -186,8 +189,8 @@ class TokenManager(object):
         hint = ''
         if resp.status == 503:
             hint = ' Vault is sealed or has no active node: unseal it first (cullis.broker.vault_unseal).'
-        self.module.fail_json(msg="%s failed on %s: HTTP %d: %s.%s" % (what, self.client.url, resp.status,
-                                                                      resp.errors, hint))
+        self.module.fail_json(msg="%s failed on %s: HTTP %d: %s.%s"
+                              % (what, self.client.url, resp.status, resp.errors, hint))
 
     def lookup(self, token):
         resp = self.call('GET', 'auth/token/lookup-self', token=token)

@@ -23,7 +23,7 @@ description:
   - Talks to the Vault HTTP API with the Python standard library; nothing is needed on the target.
   - Runbook section 3, "Vault sealed".
 version_added: 0.1.0
-author: Cullis operations team
+author: Cullis operations team (@cullis)
 extends_documentation_fragment:
   - cullis.broker.vault
 options:
@@ -56,11 +56,14 @@ options:
 attributes:
   check_mode:
     support: full
+    description: Can run in check mode and return changed status prediction without modifying target.
     details: Reads the seal status and reports what would be submitted; submits nothing.
   diff_mode:
     support: none
+    description: Nothing to diff.
   idempotent:
     support: full
+    description: When run twice in a row with the same arguments, the second run reports no change.
     details: An unsealed node is reported and left alone.
 notes:
   - Exactly one of O(keys) and O(keys_file) is required.
@@ -110,7 +113,7 @@ nodes:
   contains:
     url: {description: The node address., type: str, sample: https://127.0.0.1:8200}
     reachable: {description: Whether the node answered., type: bool}
-    error: {description: Why the node failed (no secret in it), or null., type: str}
+    error: {description: "Why the node failed (no secret in it), or null.", type: str}
     action:
       description: >-
         V(none) (already unsealed), V(unsealed), V(would_unseal) (check mode),
@@ -133,7 +136,7 @@ nodes:
     keys_submitted: {description: Keys submitted to this node in this run., type: int}
     key_positions: {description: 1-based positions (in the input) of the keys submitted or planned., type: list, elements: int}
     progress_reset: {description: A stale partial unseal was (or would be) reset., type: bool}
-    health: {description: V(active), V(standby), V(sealed), ... after the wait., type: str}
+    health: {description: "V(active), V(standby), V(sealed), ... after the wait.", type: str}
 duplicate_keys:
   description: Input positions skipped as duplicates, each with the position it duplicates.
   returned: always
@@ -173,7 +176,7 @@ class NodeUnsealer(object):
         self.module = module
         self.client = client
         self.keys = unique_keys
-        self.secrets = [k for _, k in unique_keys]
+        self.secrets = [pair[1] for pair in unique_keys]
 
     def reset(self):
         try:
@@ -191,7 +194,7 @@ class NodeUnsealer(object):
             rep.update(action='unreachable', keys_submitted=0, key_positions=[], progress_reset=False)
             return rep, False
         plan = plan_unseal(status, len(self.keys))
-        positions = [p for p, _ in self.keys[:plan['submit']]]
+        positions = [pair[0] for pair in self.keys[:plan["submit"]]]
         extra = dict(keys_submitted=0, key_positions=positions, progress_reset=False)
         if plan['action'] == 'none':
             return self._final(status, 'none', None, extra), False

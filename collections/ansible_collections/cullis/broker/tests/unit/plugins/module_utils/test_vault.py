@@ -113,7 +113,7 @@ def test_dedupe_keeps_order_and_reports_positions():
 def test_same_share_in_hex_and_base64_is_a_duplicate():
     hex_k1 = binascii.hexlify(base64.b64decode(K1)).decode()
     unique, skipped = dedupe_keys([hex_k1, K2, K1])
-    assert [p for p, _ in unique] == [1, 2]
+    assert [pair[0] for pair in unique] == [1, 2]
     assert skipped == [(3, 1)]
 
 
@@ -124,7 +124,7 @@ def test_whitespace_does_not_hide_a_duplicate():
 
 def test_malformed_key_is_kept_for_vault_to_reject():
     unique, skipped = dedupe_keys(['not a key!', K1])
-    assert [p for p, _ in unique] == [1, 2] and skipped == []
+    assert [pair[0] for pair in unique] == [1, 2] and skipped == []
     assert normalize_key('not a key!') is None
 
 

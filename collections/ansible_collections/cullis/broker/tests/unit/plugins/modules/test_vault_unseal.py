@@ -68,7 +68,7 @@ class Mod(object):
 
 
 def run(node, keys, check_mode=False):
-    unique, _ = dedupe_keys(keys)
+    unique = dedupe_keys(keys)[0]
     return NodeUnsealer(Mod(check_mode), node, unique).run()
 
 
@@ -102,7 +102,7 @@ def test_check_mode_submits_nothing():
 
 def test_malformed_key_names_position_and_resets():
     node = FakeNode()
-    rep, _ = run(node, [GOOD[0], 'garbage!', GOOD[1], GOOD[2]])
+    rep = run(node, [GOOD[0], 'garbage!', GOOD[1], GOOD[2]])[0]
     assert rep['action'] == 'failed'
     assert 'unseal key #2 was rejected' in rep['error'] and 'progress reset to 0/3' in rep['error']
     assert node.resets == 1 and node.given == [] and node.sealed
@@ -111,7 +111,7 @@ def test_malformed_key_names_position_and_resets():
 
 def test_wrong_share_at_threshold_names_the_set_and_resets():
     node = FakeNode()
-    rep, _ = run(node, [GOOD[0], WRONG, GOOD[2]])
+    rep = run(node, [GOOD[0], WRONG, GOOD[2]])[0]
     assert rep['action'] == 'failed' and node.sealed
     assert 'unseal keys #1, #2, #3 did not unseal' in rep['error']
     assert WRONG not in rep['error'] and node.given == []
