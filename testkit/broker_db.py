@@ -7,7 +7,6 @@ agents and hash-chained (v2) audit rows, optionally back-dated, through `psql` +
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import os
 import subprocess
 import sys
@@ -17,6 +16,9 @@ from testkit.services import PG_BIN
 
 REPO = Path(__file__).resolve().parent.parent
 BROKER_SRC = REPO / "broker_src"
+if str(REPO / "collections") not in sys.path:
+    sys.path.insert(0, str(REPO / "collections"))
+from ansible_collections.cullis.broker.plugins.module_utils._audit_chain import entry_hash_v2  # noqa: E402
 
 
 def migrate(server, database: str) -> None:
@@ -28,17 +30,6 @@ def migrate(server, database: str) -> None:
 
 def create_database(server, database: str) -> None:
     server.psql(f'CREATE DATABASE "{database}" OWNER {server.user}')
-
-
-def entry_hash_v2(ts: dt.datetime, event_type, agent_id, session_id, org_id, result, details, previous_hash,
-                  seq: int, peer_org_id, principal_type="agent") -> str:
-    def s(v):
-        return "" if v is None else str(v)
-    text = (f"v2|{ts.isoformat()}|{s(event_type)}|{s(agent_id)}|{s(session_id)}|{s(org_id)}|{s(result)}|"
-            f"{s(details)}|{previous_hash or 'genesis'}|seq={seq}|peer={s(peer_org_id)}")
-    if principal_type and principal_type != "agent":
-        text += f"|pt={principal_type}"
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def copy_in(server, database: str, table: str, columns: list[str], rows: list[list]) -> None:
@@ -85,3 +76,35 @@ def seed(server, database: str, orgs: int = 2, agents_per_org: int = 3, audit_pe
 
 def count(server, database: str, table: str) -> int:
     return int(server.psql(f"SELECT count(*) FROM {table}", db=database))
+
+
+class BrokerDatabases:
+    """A PostgresServer of one's own with a migrated, seeded template database `tpl`; `fresh()`
+    gives each test a new copy (CREATE DATABASE ... TEMPLATE), `drop()` removes it and anything
+    created beside it (`<name>_...`)."""
+
+    def __init__(self, prefix: str = "t_", **seed_args):
+        from testkit.services import PostgresServer
+        self.prefix = prefix
+        self.server = PostgresServer().start()
+        try:
+            create_database(self.server, "tpl")
+            migrate(self.server, "tpl")
+            seed(self.server, "tpl", **seed_args)
+        except Exception:
+            self.server.cleanup()
+            raise
+
+    def fresh(self) -> str:
+        import uuid
+        name = self.prefix + uuid.uuid4().hex[:8]
+        self.server.psql(f'CREATE DATABASE "{name}" TEMPLATE tpl OWNER {self.server.user}')
+        return name
+
+    def drop(self, name: str) -> None:
+        for other in self.server.psql(
+                f"SELECT datname FROM pg_database WHERE starts_with(datname, '{name}')").split():
+            self.server.psql(f'DROP DATABASE "{other}" WITH (FORCE)')
+
+    def cleanup(self) -> None:
+        self.server.cleanup()

@@ -15,35 +15,32 @@ import os
 import subprocess
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
 from testkit import broker_db
 from testkit.ansible import run_module
-from testkit.services import PG_BIN, PostgresServer
+from testkit.services import PG_BIN
 
 
 @pytest.fixture(scope="module")
-def pg():
-    server = PostgresServer().start()
-    try:
-        broker_db.create_database(server, "tpl")
-        broker_db.migrate(server, "tpl")
-        broker_db.seed(server, "tpl", orgs=3, agents_per_org=4, audit_per_org=25)
-        yield server
-    finally:
-        server.cleanup()
+def dbs():
+    databases = broker_db.BrokerDatabases(prefix="t_", orgs=3, agents_per_org=4, audit_per_org=25)
+    yield databases
+    databases.cleanup()
+
+
+@pytest.fixture(scope="module")
+def pg(dbs):
+    return dbs.server
 
 
 @pytest.fixture
-def db(pg):
-    name = "t_" + uuid.uuid4().hex[:8]
-    pg.psql(f'CREATE DATABASE "{name}" TEMPLATE tpl OWNER {pg.user}')
+def db(dbs):
+    name = dbs.fresh()
     yield name
-    for other in pg.psql(f"SELECT datname FROM pg_database WHERE starts_with(datname, '{name}')").split():
-        pg.psql(f'DROP DATABASE "{other}" WITH (FORCE)')
+    dbs.drop(name)
 
 
 @pytest.fixture

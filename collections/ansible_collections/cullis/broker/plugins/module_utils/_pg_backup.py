@@ -238,6 +238,40 @@ class AtomicFile(object):
         return False
 
 
+class HashingWriter(object):
+    """Passes writes on to `sink`, counting and hashing (SHA-256) what goes to the file."""
+
+    def __init__(self, sink):
+        self.sink = sink
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data):
+        self.sink.write(data)
+        self.hash.update(data)
+        self.size += len(data)
+        return len(data)
+
+    def flush(self):
+        pass
+
+
+def write_stream_atomic(final_path, blocks, key=None, mode=0o600):
+    """Write an iterable of byte blocks to `final_path` atomically, AES-256-GCM encrypted when a
+    key is given. Returns (sha256 hex, size) of the file as stored. Raises OSError on I/O errors
+    (nothing is left behind)."""
+    with AtomicFile(final_path, mode) as af:
+        hw = HashingWriter(af)
+        enc = Encryptor(key, hw) if key else None
+        out = enc or hw
+        for block in blocks:
+            out.write(block)
+        if enc:
+            enc.close()
+        af.commit()
+    return hw.hash.hexdigest(), hw.size
+
+
 def fsync_tree(path):
     for root, _dirs, files in os.walk(path):
         for name in files:
@@ -299,6 +333,19 @@ def read_manifest(backup_path):
     except ValueError:
         raise BackupError("manifest %s is not valid JSON; the backup cannot be trusted" % path)
     return data
+
+
+def write_sidecars(artifact, manifest, what='backup'):
+    """Write `<artifact>.sha256` (sha256sum format) and `<artifact>.json` atomically; on failure
+    remove the artifact too (an artifact without its manifest cannot be trusted)."""
+    try:
+        write_text_atomic(checksum_path(artifact), '%s  %s\n' % (manifest['sha256'], os.path.basename(artifact)))
+        write_json_atomic(manifest_path(artifact), manifest)
+    except (IOError, OSError) as e:
+        for path in (artifact, checksum_path(artifact), manifest_path(artifact)):
+            remove_path(path)
+        raise BackupError("writing the manifest failed, the %s was removed: %s"
+                          % (what, describe_os_error(e, os.path.dirname(artifact) or '.')))
 
 
 def list_backups(directory, database):

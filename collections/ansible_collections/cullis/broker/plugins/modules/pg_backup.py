@@ -215,25 +215,6 @@ EXTENSIONS = {'custom': '.dump', 'plain': '.sql.gz', 'directory': '.dir'}
 MAX_IDENT = 63
 
 
-class HashingWriter(object):
-    """Counts and hashes what goes to the file."""
-
-    def __init__(self, sink):
-        import hashlib
-        self.sink = sink
-        self.hash = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data):
-        self.sink.write(data)
-        self.hash.update(data)
-        self.size += len(data)
-        return len(data)
-
-    def flush(self):
-        pass
-
-
 def _stderr_tail(f, conn, limit=2000):
     f.seek(0)
     text = f.read().decode('utf-8', 'replace')
@@ -326,14 +307,7 @@ class PgBackup(object):
                 created_by=socket.gethostname(), start_time=pb.utc_iso(start), end_time=pb.utc_iso(end),
                 start_epoch=start, end_epoch=end, duration_seconds=round(end - start, 3),
                 row_counts=counts, tables=len(counts), verification=None)
-            try:
-                pb.write_text_atomic(pb.checksum_path(final), '%s  %s\n' % (digest, name))
-                pb.write_json_atomic(pb.manifest_path(final), manifest)
-            except (IOError, OSError) as e:
-                for path in (final, pb.checksum_path(final), pb.manifest_path(final)):
-                    pb.remove_path(path)
-                raise pb.BackupError("writing the manifest failed, the backup was removed: %s"
-                                     % pb.describe_os_error(e, dest))
+            pb.write_sidecars(final, manifest)
         self.result.update(changed=True, manifest=manifest, sha256=digest, backup_time=manifest['start_time'],
                            size=size)
         if self.p['keep_last'] is not None or self.p['keep_days'] is not None:
@@ -356,7 +330,7 @@ class PgBackup(object):
         ok = False
         try:
             with pb.AtomicFile(final) as af:
-                hw = HashingWriter(af)
+                hw = pb.HashingWriter(af)
                 enc = pb.Encryptor(self.key, hw) if self.key else None
                 sink = enc or hw
                 gz = gzip.GzipFile(filename='', mode='wb', fileobj=sink, compresslevel=level, mtime=0) \

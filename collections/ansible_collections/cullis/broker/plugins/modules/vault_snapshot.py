@@ -111,7 +111,6 @@ plan:
   elements: str
 """
 
-import hashlib
 import os
 import socket
 import ssl
@@ -180,48 +179,22 @@ class Job(object):
                 raise pb.BackupError("Vault %s refused the snapshot (HTTP %s: %s); the token needs "
                                      "sys/storage/raft/snapshot (use the root token) and Vault must be unsealed"
                                      % (self.client.url, resp.status, resp.read(300).decode('utf-8', 'replace')))
-            digest = hashlib.sha256()
-            size = [0]
-
-            class Sink(object):
-                def __init__(self, af):
-                    self.af = af
-
-                def write(self, data):
-                    self.af.write(data)
-                    digest.update(data)
-                    size[0] += len(data)
-
             try:
-                with pb.AtomicFile(path) as af:
-                    sink = Sink(af)
-                    enc = pb.Encryptor(key, sink) if key else None
-                    out = enc or sink
-                    for block in iter(lambda: resp.read(pb.READ_SIZE), b''):
-                        out.write(block)
-                    if enc:
-                        enc.close()
-                    if size[0] <= (pb.HEADER_LEN + 20 if key else 0):
-                        raise pb.BackupError("Vault %s returned an empty snapshot" % self.client.url)
-                    af.commit()
+                sha256, size = pb.write_stream_atomic(path, iter(lambda: resp.read(pb.READ_SIZE), b''), key)
             except (IOError, OSError) as e:
                 raise pb.BackupError("saving the snapshot failed, no partial file was left: %s"
                                      % pb.describe_os_error(e, directory))
+            if size <= (pb.HEADER_LEN + 40 if key else 0):
+                pb.remove_path(path)
+                raise pb.BackupError("Vault %s returned an empty snapshot" % self.client.url)
         finally:
             conn.close()
         end = time.time()
-        manifest = dict(kind=KIND, file=os.path.basename(path), sha256=digest.hexdigest(), size=size[0],
+        manifest = dict(kind=KIND, file=os.path.basename(path), sha256=sha256, size=size,
                         vault_addr=self.client.url, encrypted=bool(key), start_time=pb.utc_iso(start),
                         end_time=pb.utc_iso(end), start_epoch=start)
-        try:
-            pb.write_text_atomic(pb.checksum_path(path), '%s  %s\n' % (manifest['sha256'], manifest['file']))
-            pb.write_json_atomic(pb.manifest_path(path), manifest)
-        except (IOError, OSError) as e:
-            for p in (path, pb.checksum_path(path), pb.manifest_path(path)):
-                pb.remove_path(p)
-            raise pb.BackupError("writing the manifest failed, the snapshot was removed: %s"
-                                 % pb.describe_os_error(e, directory))
-        self.result.update(sha256=manifest['sha256'], size=size[0], manifest=manifest)
+        pb.write_sidecars(path, manifest, 'snapshot')
+        self.result.update(sha256=sha256, size=size, manifest=manifest)
 
     def restore(self):
         path = self.p['path']

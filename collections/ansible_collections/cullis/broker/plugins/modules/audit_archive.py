@@ -1,0 +1,380 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) Cullis operations team
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: audit_archive
+short_description: Archive old audit_log rows to a verified file, then delete them keeping the chain verifiable
+description:
+  - Runbook section 2, Recover 2 (disk full) says "audit_log is append-only; safe to archive rows
+    older than N days to cold storage". Done naively this breaks the per-org hash chain and is
+    refused by the append-only trigger. This module does it safely.
+  - "V(present): per organisation, the rows older than O(older_than_days) are archived, always a
+    prefix of the org's chain and B(never its newest entry), so the broker keeps appending to the
+    same chain. The rows are streamed to a gzip JSON-lines file in O(dest) (atomic write, SHA-256,
+    manifest). The archive is then re-read and verified (checksum, row count, every v2 C(entry_hash)
+    recomputed, every link checked, starting at the previous archive's anchor). Only then the rows
+    are deleted in B(one) transaction that lifts the append-only trigger for that transaction alone
+    (C(SET LOCAL session_replication_role = replica) as a superuser, else C(ALTER TABLE ... DISABLE
+    TRIGGER) and C(ENABLE TRIGGER) inside the transaction, under its exclusive lock), checks the
+    deleted count equals the archived count, and records per org the chain anchor (last archived
+    C(chain_seq) and C(entry_hash)) in C(cullis_ops.audit_anchors) and in the archive manifest.
+    After commit it checks that each org's first remaining row links to its anchor and that the
+    trigger is enabled. O(vacuum=true) then runs C(VACUUM) so the space is reusable."
+  - V(verified) re-verifies an archive file against its manifest (checksum and chain).
+version_added: 1.0.0
+author: Cullis operations team
+extends_documentation_fragment:
+  - cullis.broker.postgres
+attributes:
+  check_mode:
+    support: full
+    details: Reports per org how many rows would be archived; nothing is written.
+  diff_mode:
+    support: none
+  idempotent:
+    support: full
+    details: With nothing older than O(older_than_days) left, nothing changes.
+options:
+  state:
+    description: Archive (V(present)) or verify an archive (V(verified)).
+    type: str
+    choices: [present, verified]
+    default: present
+  database:
+    description: The broker database.
+    type: str
+    default: agent_trust
+    aliases: [db]
+  older_than_days:
+    description: Archive rows older than this many days. V(0) archives everything but each org's newest entry.
+    type: float
+    default: 90
+  dest:
+    description: Directory for the archive (ideally on another volume than the database). Required for V(present).
+    type: path
+  path:
+    description: Archive file to verify (V(verified)).
+    type: path
+  vacuum:
+    description: Run C(VACUUM audit_log) after the delete so the freed space is reusable.
+    type: bool
+    default: true
+"""
+
+EXAMPLES = r"""
+- name: Disk full - archive audit rows older than 30 days to cold storage
+  cullis.broker.audit_archive:
+    database: agent_trust
+    older_than_days: 30
+    dest: /mnt/cold/cullis-audit
+    login_host: /srv/cullis/postgres/sock
+    login_port: 5432
+    login_user: postgres
+
+- name: Prove an archive still verifies
+  cullis.broker.audit_archive:
+    state: verified
+    path: /mnt/cold/cullis-audit/audit_agent_trust_20260412T020000000Z.jsonl.gz
+"""
+
+RETURN = r"""
+archive_path:
+  description: The archive written or verified.
+  returned: when an archive was written or verified
+  type: str
+sha256:
+  description: SHA-256 of the archive file.
+  returned: when an archive was written or verified
+  type: str
+rows:
+  description: Rows archived (and deleted), or to archive in check mode.
+  returned: always
+  type: int
+orgs:
+  description: Per org, C(rows), C(first_seq), C(last_seq) and the anchor C(anchor_seq) / C(anchor_hash).
+  returned: always
+  type: dict
+cutoff:
+  description: Rows with a timestamp before this (UTC) were candidates.
+  returned: state=present
+  type: str
+manifest:
+  description: The archive manifest.
+  returned: when an archive was written or verified
+  type: dict
+"""
+
+import gzip
+import json
+import os
+import subprocess
+import tempfile
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.common.text.converters import to_native
+
+from ansible_collections.cullis.broker.plugins.module_utils import _pg_backup as pb
+from ansible_collections.cullis.broker.plugins.module_utils._audit_chain import ChainVerifier
+from ansible_collections.cullis.broker.plugins.module_utils._postgres import (
+    PostgresConnection, PostgresError, postgres_argument_spec, quote_ident, quote_literal)
+
+KIND = 'cullis.broker.audit_archive/v1'
+TRIGGER = 'audit_log_no_update_or_delete'
+COLUMNS = ['id', 'timestamp', 'event_type', 'agent_id', 'session_id', 'org_id', 'details', 'result', 'entry_hash',
+           'previous_hash', 'chain_seq', 'peer_org_id', 'peer_row_hash', 'principal_type', 'hash_format']
+ANCHOR_DDL = """
+CREATE SCHEMA IF NOT EXISTS cullis_ops AUTHORIZATION %(owner)s;
+CREATE TABLE IF NOT EXISTS cullis_ops.audit_anchors (
+    id bigserial PRIMARY KEY,
+    org_id varchar(128) NOT NULL,
+    chain_seq bigint NOT NULL,
+    entry_hash varchar(64) NOT NULL,
+    archived_rows bigint NOT NULL,
+    archive_file text NOT NULL,
+    archive_sha256 varchar(64) NOT NULL,
+    archived_at timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (org_id, chain_seq)
+);
+"""
+# A superuser creates them for the owner of audit_log, so the broker's role can archive next time.
+ANCHOR_OWNER = "ALTER TABLE cullis_ops.audit_anchors OWNER TO %(owner)s;"
+
+
+
+def values_list(bounds):
+    return ', '.join('(%s, %d)' % (quote_literal(org), seq) for org, seq in sorted(bounds.items()))
+
+
+def read_archive(path):
+    with gzip.open(path, 'rt') as f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
+
+
+class Archive(object):
+    def __init__(self, module):
+        self.module = module
+        self.p = module.params
+        self.conn = PostgresConnection(self.p)
+        self.result = dict(changed=False, rows=0, orgs={})
+
+    def anchors(self):
+        db = self.p['database']
+        if self.conn.scalar("SELECT to_regclass('cullis_ops.audit_anchors') IS NOT NULL;", db) != 't':
+            return {}
+        rows = self.conn.psql("SELECT DISTINCT ON (org_id) org_id, chain_seq, entry_hash FROM cullis_ops.audit_anchors "
+                              "ORDER BY org_id, chain_seq DESC;", db)
+        return dict((r[0], (int(r[1]), r[2])) for r in rows)
+
+    def bounds(self, cutoff_sql):
+        """Per org, the last chain_seq to archive: rows older than the cutoff, never the newest entry."""
+        rows = self.conn.psql(
+            "SELECT org_id, min(chain_seq), max(chain_seq) FILTER (WHERE timestamp < %s), max(chain_seq) "
+            "FROM audit_log GROUP BY org_id ORDER BY org_id;" % cutoff_sql, self.p['database'])
+        bounds, counts = {}, {}
+        for org, first, old_max, last in rows:
+            if not old_max:
+                continue
+            bound = min(int(old_max), int(last) - 1)
+            if bound >= int(first):
+                bounds[org] = bound
+                counts[org] = bound - int(first) + 1
+        return bounds, counts
+
+    def present(self):
+        db = self.p['database']
+        if not self.p['dest']:
+            raise pb.BackupError("dest (the archive directory) is required")
+        now = time.time()
+        cutoff = pb.utc_iso(now - self.p['older_than_days'] * 86400)
+        self.result['cutoff'] = cutoff
+        cutoff_sql = "%s::timestamptz" % quote_literal(cutoff)
+        anchors = self.anchors()
+        bounds, counts = self.bounds(cutoff_sql)
+        self.result['orgs'] = dict((org, dict(rows=counts[org], last_seq=bounds[org])) for org in bounds)
+        self.result['rows'] = sum(counts.values())
+        if not bounds:
+            return
+        self.result['changed'] = True
+        if self.module.check_mode:
+            return
+        dest = self.p['dest']
+        if not os.path.isdir(dest):
+            os.makedirs(dest, 0o700)
+        path = os.path.join(dest, 'audit_%s_%s.jsonl.gz' % (db, pb.utc_stamp(now)))
+        written = self.export(path, bounds, anchors)
+        try:
+            manifest = self.verify_file(path, dict(anchors_before=self.anchor_doc(anchors, bounds)), written)
+            manifest.update(kind=KIND, database=db, file=os.path.basename(path), cutoff=cutoff,
+                            created=pb.utc_iso(now), older_than_days=self.p['older_than_days'])
+            pb.write_sidecars(path, manifest, 'archive')
+        except Exception:
+            for p in (path, pb.manifest_path(path), pb.checksum_path(path)):
+                pb.remove_path(p)
+            raise
+        self.result.update(archive_path=path, sha256=manifest['sha256'], manifest=manifest)
+        self.delete(bounds, manifest)
+        self.post_check(manifest)
+        for org, info in manifest['orgs'].items():
+            self.result['orgs'][org].update(info)
+        if self.p['vacuum']:
+            self.conn.psql("VACUUM audit_log;", db)
+
+    @staticmethod
+    def anchor_doc(anchors, bounds):
+        return dict((org, dict(chain_seq=anchors[org][0], entry_hash=anchors[org][1]) if org in anchors else None)
+                    for org in bounds)
+
+    def export(self, path, bounds, anchors):
+        cols = ', '.join("'%s', %s" % (c, "to_char(a.timestamp AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US')"
+                                       if c == 'timestamp' else 'a.' + c) for c in COLUMNS)
+        sql = ("SELECT json_build_object(%s) FROM audit_log a JOIN (VALUES %s) b(org, maxseq) "
+               "ON a.org_id = b.org AND a.chain_seq <= b.maxseq ORDER BY a.org_id, a.chain_seq;"
+               % (cols, values_list(bounds)))
+        args = ['-X', '-A', '-t', '-q', '-v', 'ON_ERROR_STOP=1'] + self.conn.conn_args(self.p['database'])
+        errf = tempfile.TemporaryFile()
+        proc = self.conn.popen('psql', args + ['-c', sql], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=errf)
+        rows = 0
+        try:
+            with pb.AtomicFile(path) as af:
+                gz = gzip.GzipFile(filename='', mode='wb', fileobj=af, mtime=0)
+                for line in proc.stdout:
+                    if line.strip():
+                        gz.write(line)
+                        rows += 1
+                if proc.wait() != 0:
+                    errf.seek(0)
+                    raise pb.BackupError("reading audit rows failed: %s"
+                                         % self.conn.scrub(errf.read().decode('utf-8', 'replace')).strip())
+                gz.close()
+                af.commit()
+        except (IOError, OSError) as e:
+            raise pb.BackupError("writing the archive failed (nothing was deleted): %s"
+                                 % pb.describe_os_error(e, os.path.dirname(path)))
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            errf.close()
+        return rows
+
+    def verify_file(self, path, manifest, expected_rows=None):
+        """Checksum, gzip integrity, row count, and the chain from the recorded anchors."""
+        anchors = dict((org, (a['chain_seq'], a['entry_hash'])) for org, a in manifest['anchors_before'].items() if a)
+        verifier = ChainVerifier(anchors)
+        try:
+            for row in read_archive(path):
+                verifier.add(row)
+        except (IOError, OSError, EOFError, ValueError) as e:
+            raise pb.BackupError("archive %s is unreadable or truncated: %s" % (os.path.basename(path), e))
+        if expected_rows is not None and verifier.rows != expected_rows:
+            raise pb.BackupError("archive %s holds %d rows, %d were exported" % (path, verifier.rows, expected_rows))
+        if verifier.problems:
+            raise pb.BackupError("audit chain in archive %s does not verify: %s"
+                                 % (os.path.basename(path), '; '.join(verifier.problems[:10])))
+        orgs = dict((org, dict(rows=verifier.last[org][0] - verifier.first[org] + 1, first_seq=verifier.first[org],
+                               last_seq=verifier.last[org][0], anchor_seq=verifier.last[org][0],
+                               anchor_hash=verifier.last[org][1])) for org in verifier.last)
+        out = dict(manifest)
+        out.update(sha256=pb.sha256_file(path), size=os.path.getsize(path), rows=verifier.rows, orgs=orgs,
+                   chain_verified=True)
+        return out
+
+    def delete(self, bounds, manifest):
+        db = self.p['database']
+        superuser = self.conn.scalar("SELECT rolsuper FROM pg_roles WHERE rolname = current_user;", db) == 't'
+        owner = quote_ident(self.conn.scalar("SELECT pg_get_userbyid(relowner) FROM pg_class "
+                                             "WHERE oid = 'audit_log'::regclass;", db))
+        ddl = ANCHOR_DDL % dict(owner=owner) + (ANCHOR_OWNER % dict(owner=owner) if superuser else '')
+        lift = "SET LOCAL session_replication_role = replica;" if superuser else \
+            "ALTER TABLE audit_log DISABLE TRIGGER %s;" % TRIGGER
+        restore = "" if superuser else "ALTER TABLE audit_log ENABLE TRIGGER %s;" % TRIGGER
+        inserts = "\n".join(
+            "INSERT INTO cullis_ops.audit_anchors (org_id, chain_seq, entry_hash, archived_rows, archive_file, "
+            "archive_sha256) VALUES (%s, %d, %s, %d, %s, %s);" % (
+                quote_literal(org), info['anchor_seq'], quote_literal(info['anchor_hash']), info['rows'],
+                quote_literal(manifest['file']), quote_literal(manifest['sha256']))
+            for org, info in sorted(manifest['orgs'].items()))
+        sql = """
+BEGIN;
+%(ddl)s
+%(lift)s
+DO $cullis$
+DECLARE n bigint;
+BEGIN
+  WITH d AS (DELETE FROM audit_log a USING (VALUES %(values)s) b(org, maxseq)
+             WHERE a.org_id = b.org AND a.chain_seq <= b.maxseq RETURNING 1)
+  SELECT count(*) INTO n FROM d;
+  IF n <> %(expected)d THEN
+    RAISE EXCEPTION 'deleted %% audit rows but %(expected)d were archived; rolled back', n;
+  END IF;
+END $cullis$;
+%(restore)s
+%(inserts)s
+COMMIT;
+""" % dict(ddl=ddl, lift=lift, values=values_list(bounds), expected=manifest['rows'], restore=restore,
+           inserts=inserts)
+        self.conn.psql(sql, db)
+        self.result['trigger_bypass'] = 'session_replication_role' if superuser else 'disable_trigger'
+
+    def post_check(self, manifest):
+        db = self.p['database']
+        state = self.conn.scalar("SELECT tgenabled FROM pg_trigger WHERE tgname = %s AND tgrelid = 'audit_log'::regclass;"
+                                 % quote_literal(TRIGGER), db)
+        if state not in ('O', 'A'):
+            raise pb.BackupError("the append-only trigger %s is not enabled after the archive (state %s); enable it: "
+                                 "ALTER TABLE audit_log ENABLE TRIGGER %s" % (TRIGGER, state, TRIGGER))
+        problems = []
+        for org, info in manifest['orgs'].items():
+            rows = self.conn.psql("SELECT chain_seq, coalesce(previous_hash, '') FROM audit_log WHERE org_id = %s "
+                                  "ORDER BY chain_seq LIMIT 1;" % quote_literal(org), db)
+            if not rows or int(rows[0][0]) != info['anchor_seq'] + 1 or rows[0][1] != info['anchor_hash']:
+                problems.append(org)
+        if problems:
+            raise pb.BackupError("after the archive the remaining chain of %s does not link to its anchor"
+                                 % ', '.join(problems))
+
+    def verified(self):
+        path = self.p['path']
+        if not path:
+            raise pb.BackupError("path (the archive file) is required for state=verified")
+        manifest = pb.read_manifest(path)
+        if not manifest or manifest.get('kind') != KIND:
+            raise pb.BackupError("%s has no audit archive manifest beside it" % path)
+        if pb.sha256_file(path) != manifest['sha256']:
+            raise pb.BackupError("checksum mismatch for %s: the archive is truncated or altered" % path)
+        checked = self.verify_file(path, manifest, manifest['rows'])
+        self.result.update(archive_path=path, sha256=checked['sha256'], manifest=manifest, rows=checked['rows'],
+                           orgs=checked['orgs'])
+
+
+def main():
+    argument_spec = postgres_argument_spec()
+    argument_spec.update(
+        state=dict(type='str', default='present', choices=['present', 'verified']),
+        database=dict(type='str', default='agent_trust', aliases=['db']),
+        older_than_days=dict(type='float', default=90),
+        dest=dict(type='path'),
+        path=dict(type='path'),
+        vacuum=dict(type='bool', default=True),
+    )
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    job = Archive(module)
+    try:
+        job.present() if module.params['state'] == 'present' else job.verified()
+    except (pb.BackupError, PostgresError) as e:
+        module.fail_json(msg=job.conn.scrub(to_native(e)), **job.result)
+    module.exit_json(**job.result)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,368 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) Cullis operations team
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: backup_set
+short_description: Seal, verify and unpack a backup set (Postgres dump, Vault snapshot, encrypted files)
+description:
+  - A backup set is one directory holding what the runbook's "Backups" table asks for, taken
+    together, such as a M(cullis.broker.pg_backup) dump, a M(cullis.broker.vault_snapshot) and the
+    stack's C(.env), each with its own manifest, plus the set's manifest C(backup-set.json).
+  - V(present) encrypts O(files) into the set (AES-256-GCM, atomic write; C(.env) holds every
+    secret of the stack, so files are never stored in clear) and writes C(backup-set.json) listing
+    every artifact with its SHA-256, size and manifest.
+  - V(verified) checks every artifact of the set against C(backup-set.json) and each artifact's own
+    manifest (read-only).
+  - V(extracted) decrypts one file of the set (O(name)) to O(dest), mode 0600, after checking its
+    checksum; nothing changes when O(dest) already has that content.
+  - V(pruned) applies O(keep_last) / O(keep_days) to the sets (C(set-*) directories) under O(path),
+    never deleting the newest set whose Postgres backup is verified; V(latest) only reports the newest
+    set (the newest verified one when O(verified_only=true)).
+version_added: 1.0.0
+author: Cullis operations team
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+  idempotent:
+    support: partial
+    details: V(verified) and V(extracted) are idempotent; V(present) rewrites the set manifest.
+options:
+  state:
+    description: What to do with the set.
+    type: str
+    choices: [present, verified, extracted, pruned, latest]
+    default: present
+  path:
+    description: The backup set directory; for V(pruned) and V(latest) the directory holding the sets.
+    type: path
+    required: true
+  files:
+    description: With V(present), files to add encrypted, as C(name) (in the set) and C(src).
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      name:
+        description: Name of the file inside the set (C(.enc) is appended).
+        type: str
+        required: true
+      src:
+        description: File to add.
+        type: path
+        required: true
+  encryption_key_file:
+    description: 256-bit key file (as for M(cullis.broker.pg_backup)). Required to add or extract files.
+    type: path
+  name:
+    description: With V(extracted), the O(files[].name) to extract.
+    type: str
+  dest:
+    description: With V(extracted), where to write the file (mode 0600).
+    type: path
+  label:
+    description: Free text stored in the set manifest (for example the stack name).
+    type: str
+  keep_last:
+    description: With V(pruned), keep the newest N sets.
+    type: int
+  keep_days:
+    description: With V(pruned), keep sets younger than N days.
+    type: int
+  verified_only:
+    description: With V(latest), only consider sets whose Postgres backup is verified.
+    type: bool
+    default: false
+"""
+
+EXAMPLES = r"""
+- name: Add the encrypted .env and seal the set
+  cullis.broker.backup_set:
+    path: "{{ set_dir }}"
+    files:
+      - {name: env, src: "{{ cullis_env_file }}"}
+    encryption_key_file: /etc/cullis/backup.key
+
+- name: Check every artifact of a set (for example the offsite copy)
+  cullis.broker.backup_set:
+    state: verified
+    path: /mnt/offsite/cullis/set-20260412T020000000Z
+
+- name: Put the .env back
+  cullis.broker.backup_set:
+    state: extracted
+    path: /var/backups/cullis/set-20260412T020000000Z
+    name: env
+    dest: /srv/cullis/.env
+    encryption_key_file: /etc/cullis/backup.key
+"""
+
+RETURN = r"""
+manifest:
+  description: The set manifest (C(backup-set.json)).
+  returned: success
+  type: dict
+items:
+  description: Artifacts of the set with C(name), C(kind), C(sha256), C(size).
+  returned: success
+  type: list
+  elements: dict
+postgres:
+  description: File name of the Postgres backup in the set (null if none).
+  returned: success
+  type: str
+vault:
+  description: File name of the Vault snapshot in the set (null if none).
+  returned: success
+  type: str
+kept:
+  description: Sets kept by V(pruned).
+  returned: state=pruned
+  type: list
+  elements: str
+deleted:
+  description: Sets deleted (or to delete in check mode) by V(pruned).
+  returned: state=pruned
+  type: list
+  elements: str
+set:
+  description: With V(latest), the newest set directory (null when there is none).
+  returned: state=latest
+  type: str
+backup_time:
+  description: With V(latest), start time of the set's Postgres backup (end of the data-loss window).
+  returned: state=latest
+  type: str
+verified:
+  description: With V(latest), whether that set's Postgres backup is verified.
+  returned: state=latest
+  type: bool
+"""
+
+import json
+import os
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.common.text.converters import to_native
+
+from ansible_collections.cullis.broker.plugins.module_utils import _pg_backup as pb
+
+SET_MANIFEST = 'backup-set.json'
+KIND = 'cullis.broker.backup_set/v1'
+FILE_KIND = 'cullis.broker.backup_set.file/v1'
+KINDS = {pb.MANIFEST_KIND: 'postgres', 'cullis.broker.vault_snapshot/v1': 'vault', FILE_KIND: 'file'}
+
+
+def scan(path):
+    """Artifacts in the set directory: every `<artifact>.json` manifest of a known kind."""
+    items = []
+    for name in sorted(os.listdir(path)):
+        if not name.endswith('.json') or name == SET_MANIFEST or name.startswith('.'):
+            continue
+        artifact = os.path.join(path, name[:-5])
+        try:
+            m = pb.read_manifest(artifact)
+        except pb.BackupError:
+            continue
+        if not m or m.get('kind') not in KINDS:
+            continue
+        items.append(dict(name=name[:-5], kind=KINDS[m['kind']], sha256=m.get('sha256'), size=m.get('size'),
+                          time=m.get('start_time'), label=m.get('name')))
+    return items
+
+
+def summary(items):
+    def first(kind):
+        found = [i['name'] for i in items if i['kind'] == kind]
+        return found[-1] if found else None
+    return dict(postgres=first('postgres'), vault=first('vault'))
+
+
+class Job(object):
+    def __init__(self, module):
+        self.module = module
+        self.p = module.params
+        self.result = dict(changed=False)
+
+    def key(self):
+        if not self.p['encryption_key_file']:
+            raise pb.BackupError("encryption_key_file is required: files of a backup set are always encrypted")
+        return pb.load_key(self.p['encryption_key_file'])
+
+    def present(self):
+        path = self.p['path']
+        if not os.path.isdir(path):
+            raise pb.BackupError("backup set directory %s does not exist" % path)
+        key = self.key() if self.p['files'] else None
+        self.result['changed'] = True
+        if self.module.check_mode:
+            return
+        for f in self.p['files']:
+            self.add_file(path, f['name'], f['src'], key)
+        items = scan(path)
+        now = time.time()
+        manifest = dict(kind=KIND, created=pb.utc_iso(now), created_epoch=now, label=self.p['label'], items=items)
+        manifest.update(summary(items))
+        try:
+            pb.write_json_atomic(os.path.join(path, SET_MANIFEST), manifest)
+        except (IOError, OSError) as e:
+            raise pb.BackupError("writing the set manifest failed: %s" % pb.describe_os_error(e, path))
+        self.result.update(manifest=manifest, items=items, **summary(items))
+
+    def add_file(self, path, name, src, key):
+        final = os.path.join(path, name + '.enc')
+        try:
+            with open(src, 'rb') as source:
+                sha256, size = pb.write_stream_atomic(final, iter(lambda: source.read(pb.READ_SIZE), b''), key)
+        except (IOError, OSError) as e:
+            raise pb.BackupError("adding %s to the set failed: %s" % (src, pb.describe_os_error(e, path)))
+        pb.write_json_atomic(pb.manifest_path(final), dict(
+            kind=FILE_KIND, name=name, source=src, sha256=sha256, size=size, encrypted=True,
+            start_time=pb.utc_iso(time.time())))
+
+    def load(self):
+        path = self.p['path']
+        mpath = os.path.join(path, SET_MANIFEST)
+        try:
+            with open(mpath) as f:
+                manifest = json.load(f)
+        except (IOError, OSError):
+            raise pb.BackupError("%s has no %s: not a complete backup set" % (path, SET_MANIFEST))
+        except ValueError:
+            raise pb.BackupError("%s is not valid JSON" % mpath)
+        if manifest.get('kind') != KIND:
+            raise pb.BackupError("%s is not a backup set manifest" % mpath)
+        return manifest
+
+    def verified(self):
+        path = self.p['path']
+        manifest = self.load()
+        problems = []
+        for item in manifest.get('items', []):
+            artifact = os.path.join(path, item['name'])
+            if not os.path.exists(artifact):
+                problems.append("%s is missing" % item['name'])
+                continue
+            own = pb.read_manifest(artifact) or {}
+            actual = pb.checksum(artifact)
+            if actual != item.get('sha256') or actual != own.get('sha256'):
+                problems.append("%s: checksum mismatch (truncated or altered)" % item['name'])
+        if not manifest.get('items'):
+            problems.append("the set lists no artifacts")
+        if problems:
+            raise pb.BackupError("backup set %s failed verification: %s" % (path, '; '.join(problems)))
+        self.result.update(manifest=manifest, items=manifest['items'], **summary(manifest['items']))
+
+    def extracted(self):
+        if not self.p['name'] or not self.p['dest']:
+            raise pb.BackupError("state=extracted needs name and dest")
+        manifest = self.load()
+        item_name = self.p['name'] + '.enc'
+        items = [i for i in manifest.get('items', []) if i['name'] == item_name and i['kind'] == 'file']
+        if not items:
+            raise pb.BackupError("the set has no file named %s" % self.p['name'])
+        artifact = os.path.join(self.p['path'], item_name)
+        if pb.sha256_file(artifact) != items[0]['sha256']:
+            raise pb.BackupError("%s: checksum mismatch (truncated or altered); nothing was written" % item_name)
+        key = self.key()
+        with open(artifact, 'rb') as src:
+            plain = b''.join(pb.decrypt_chunks(key, src, item_name))
+        dest = self.p['dest']
+        current = None
+        if os.path.isfile(dest):
+            with open(dest, 'rb') as f:
+                current = f.read()
+        self.result.update(manifest=manifest, items=manifest['items'], dest=dest, **summary(manifest['items']))
+        if current == plain and (os.stat(dest).st_mode & 0o777) == 0o600:
+            return
+        self.result['changed'] = True
+        if self.module.check_mode:
+            return
+        d = os.path.dirname(dest) or '.'
+        if not os.path.isdir(d):
+            os.makedirs(d, 0o700)
+        with pb.AtomicFile(dest, 0o600) as af:
+            af.write(plain)
+            af.commit()
+
+
+def list_sets(root):
+    """Sets under root, oldest first, as dicts for pb.select_retention."""
+    sets = []
+    if not os.path.isdir(root):
+        return sets
+    for name in sorted(os.listdir(root)):
+        d = os.path.join(root, name)
+        mpath = os.path.join(d, SET_MANIFEST)
+        if not name.startswith('set-') or not os.path.isfile(mpath):
+            continue
+        try:
+            with open(mpath) as f:
+                m = json.load(f)
+        except (IOError, OSError, ValueError):
+            continue
+        pg_name = m.get('postgres')
+        pg = (pb.read_manifest(os.path.join(d, pg_name)) if pg_name else None) or {}
+        sets.append(dict(path=d, start_epoch=m.get('created_epoch', 0), exists=True,
+                         verification=pg.get('verification'), backup_time=pg.get('start_time')))
+    sets.sort(key=lambda s: (s['start_epoch'], s['path']))
+    return sets
+
+
+def pruned(job):
+    p = job.p
+    if p['keep_last'] is None and p['keep_days'] is None:
+        raise pb.BackupError("state=pruned needs keep_last and/or keep_days")
+    kept, deleted = pb.select_retention(list_sets(p['path']), p['keep_last'], p['keep_days'])
+    job.result.update(kept=kept, deleted=deleted, changed=bool(deleted))
+    if not job.module.check_mode:
+        for d in deleted:
+            pb.remove_path(d)
+
+
+def latest(job):
+    sets = list_sets(job.p['path'])
+    if job.p['verified_only']:
+        sets = [s for s in sets if pb.is_verified(s)]
+    chosen = sets[-1] if sets else None
+    job.result.update(set=chosen['path'] if chosen else None, backup_time=chosen['backup_time'] if chosen else None,
+                      verified=pb.is_verified(chosen) if chosen else False)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            state=dict(type='str', default='present', choices=['present', 'verified', 'extracted', 'pruned', 'latest']),
+            path=dict(type='path', required=True),
+            files=dict(type='list', elements='dict', default=[], options=dict(
+                name=dict(type='str', required=True), src=dict(type='path', required=True))),
+            encryption_key_file=dict(type='path', no_log=False),
+            name=dict(type='str'),
+            dest=dict(type='path'),
+            label=dict(type='str'),
+            keep_last=dict(type='int'),
+            keep_days=dict(type='int'),
+            verified_only=dict(type='bool', default=False),
+        ),
+        supports_check_mode=True,
+    )
+    job = Job(module)
+    actions = dict(present=job.present, verified=job.verified, extracted=job.extracted,
+                   pruned=lambda: pruned(job), latest=lambda: latest(job))
+    try:
+        actions[module.params['state']]()
+    except pb.BackupError as e:
+        module.fail_json(msg=to_native(e))
+    module.exit_json(**job.result)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,121 @@
+"""cullis.broker.audit_archive on the broker's real schema (append-only trigger) in PostgreSQL 15.
+
+Runbook §2 "Postgres down or unreachable", Recover 2 (disk full): "Rotate/compress old audit rows
+(audit_log is append-only; safe to archive rows older than N days to cold storage)" — done so that
+the archive verifies on its own and the remaining chain still verifies from the recorded anchor.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from testkit import broker_db
+from testkit.ansible import run_module
+from testkit.services import PG_BIN
+
+from ansible_collections.cullis.broker.plugins.module_utils._audit_chain import verify_chain  # noqa: E402  (path set by testkit.broker_db)
+
+NOW = dt.datetime.now(dt.timezone.utc)
+
+
+@pytest.fixture(scope="module")
+def dbs():
+    # 25 entries per org, one every 2 days, from 60 days ago to 12 days ago
+    databases = broker_db.BrokerDatabases(prefix="a_", orgs=2, audit_per_org=25,
+                                          audit_start=NOW - dt.timedelta(days=60), audit_step=dt.timedelta(days=2))
+    yield databases
+    databases.cleanup()
+
+
+@pytest.fixture(scope="module")
+def pg(dbs):
+    return dbs.server
+
+
+@pytest.fixture
+def db(dbs):
+    name = dbs.fresh()
+    yield name
+    dbs.drop(name)
+
+
+def db_rows(pg, db):
+    out = pg.psql("SELECT json_build_object('org_id', org_id, 'chain_seq', chain_seq, 'timestamp', "
+                  "to_char(timestamp AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US'), 'event_type', event_type, "
+                  "'agent_id', agent_id, 'session_id', session_id, 'result', result, 'details', details, "
+                  "'entry_hash', entry_hash, 'previous_hash', previous_hash, 'peer_org_id', peer_org_id, "
+                  "'principal_type', principal_type, 'hash_format', hash_format) FROM audit_log", db=db)
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def archive(pg, db, user="postgres", **args):
+    res = run_module("audit_archive", dict(login_host="127.0.0.1", login_port=pg.port, login_user=user,
+                                           login_password=pg.password, database=db, **args))
+    assert pg.password not in res.output
+    return res
+
+
+def test_archive_keeps_chain_verifiable_and_trigger_in_place(pg, db, tmp_path):
+    """§2 Recover 2: archive old audit rows; archive verifies, remaining chain verifies from the anchor."""
+    cold = tmp_path / "cold"
+    plan = run_module("audit_archive", dict(login_host="127.0.0.1", login_port=pg.port, login_user="postgres",
+                                            database=db, older_than_days=31, dest=str(cold)), check=True)
+    assert plan.changed and plan.result["rows"] == 30 and not cold.exists()
+
+    res = archive(pg, db, older_than_days=31, dest=str(cold))
+    assert not res.failed, res.result.get("msg")
+    assert res.changed and res.result["rows"] == 30
+    assert res.result["trigger_bypass"] == "session_replication_role"
+    for org in ("org0", "org1"):
+        info = res.result["orgs"][org]
+        assert (info["first_seq"], info["last_seq"], info["rows"]) == (1, 15, 15)
+    assert broker_db.count(pg, db, "audit_log") == 20
+    anchors = {r.split("|")[0]: (int(r.split("|")[1]), r.split("|")[2]) for r in pg.psql(
+        "SELECT org_id, chain_seq, entry_hash FROM cullis_ops.audit_anchors", db=db).splitlines()}
+    assert {org: seq for org, (seq, _h) in anchors.items()} == {"org0": 15, "org1": 15}
+    problems, _last = verify_chain(db_rows(pg, db), anchors)
+    assert problems == []
+    # the remaining chain without its anchor does NOT verify: the anchor is what makes it verifiable
+    assert verify_chain(db_rows(pg, db))[0]
+    # the append-only trigger is back in force
+    out = subprocess.run([PG_BIN / "psql", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres", "-d", db,
+                          "-c", "DELETE FROM audit_log WHERE chain_seq = 20"], capture_output=True, text=True)
+    assert out.returncode != 0 and "append-only" in out.stderr
+    # the archive verifies on its own, and a flipped byte is caught
+    path = Path(res.result["archive_path"])
+    ok = archive(pg, db, state="verified", path=str(path))
+    assert not ok.failed and ok.result["rows"] == 30
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 1
+    path.write_bytes(bytes(data))
+    bad = archive(pg, db, state="verified", path=str(path))
+    assert bad.failed and "checksum mismatch" in bad.result["msg"]
+
+    # nothing older left: no change
+    again = archive(pg, db, older_than_days=31, dest=str(cold))
+    assert not again.failed and not again.changed
+
+
+def test_second_archive_as_table_owner_continues_from_the_anchor(pg, db, tmp_path):
+    """§2 Recover 2: repeated archiving (non-superuser owner) never archives an org's newest entry."""
+    cold = tmp_path / "cold"
+    first = archive(pg, db, older_than_days=31, dest=str(cold))
+    assert not first.failed, first.result.get("msg")
+    second = archive(pg, db, user=pg.user, older_than_days=0, dest=str(cold))
+    assert not second.failed, second.result.get("msg")
+    assert second.result["trigger_bypass"] == "disable_trigger"
+    assert second.result["rows"] == 18
+    for org in ("org0", "org1"):
+        info = second.result["orgs"][org]
+        assert (info["first_seq"], info["last_seq"]) == (16, 24)
+        assert second.result["manifest"]["anchors_before"][org]["chain_seq"] == 15
+    assert pg.psql("SELECT string_agg(org_id || ':' || chain_seq, ',' ORDER BY org_id) FROM audit_log", db=db) \
+        == "org0:25,org1:25"
+    assert pg.psql("SELECT tgenabled FROM pg_trigger WHERE tgname = 'audit_log_no_update_or_delete'", db=db) == "O"
+    # the second archive verifies from the first archive's anchor
+    verify = archive(pg, db, state="verified", path=second.result["archive_path"])
+    assert not verify.failed, verify.result.get("msg")
