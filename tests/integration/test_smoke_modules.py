@@ -12,6 +12,7 @@ import os
 import time
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -264,3 +265,63 @@ def test_smoke_playbook_all_phases_pass_without_leaking_secrets(broker, redis_se
     org_secrets = [p.read_text().strip() for p in ids.glob("*/org-secret")]
     assert len(org_secrets) == 2
     assert_no_secrets(r.output, broker.admin_secret, *org_secrets)
+
+
+@pytest.fixture(scope="module")
+def deny_broker(pg_server, redis_server, bao_server):
+    """A second broker (same database) with the defaults of a production broker that matter to the
+    smoke test: POLICY_DEFAULT_DECISION=deny and the real login rate limit of 10/min/IP, counted
+    in its own Redis database so the other tests' logins do not spend its budget."""
+    from testkit.broker import BrokerProcess
+    redis_db1 = SimpleNamespace(url=redis_server.url.rsplit("/", 1)[0] + "/1")
+    proc = BrokerProcess(pg_server, redis_db1, bao_server, env_overrides={"POLICY_DEFAULT_DECISION": "deny"})
+    yield proc
+    proc.cleanup()
+
+
+def smoke(broker, tmp_path, admin_secret=None, **extra):
+    env_file = tmp_path / "broker.env"
+    env_file.write_text(f"ADMIN_SECRET='{admin_secret or broker.admin_secret}'\n")
+    env_file.chmod(0o600)
+    extra_vars = {"cullis_broker_public_url": broker.url, "cullis_env_file": str(env_file)}
+    extra_vars.update(extra)
+    r = run_playbook("playbooks/smoke.yml", inventory="inventories/local", extra_vars=extra_vars)
+    report = r.task_results("Smoke test report")
+    assert report, r.output[-3000:]
+    lines = report[0]["msg"]
+    print("\n".join(lines))
+    return r, lines, {line[:18].strip(): (line[19:26].strip(), line[27:]) for line in lines[1:]}
+
+
+@pytest.mark.slow
+def test_smoke_skips_the_message_when_policy_denies_and_fits_the_real_rate_limit(deny_broker, tmp_path):
+    redis_db1 = deny_broker.env["REDIS_URL"]
+    t0 = time.time() - 0.001
+    r, lines, phases = smoke(deny_broker, tmp_path)
+    assert r.rc == 0, "\n".join(lines)
+    assert phases["message A -> B"][0] == "SKIPPED"
+    assert "Policy: policy_default_deny" in phases["message A -> B"][1]
+    assert {k: v[0] for k, v in phases.items() if k != "message A -> B"} == {
+        "health": "PASS", "readyz": "PASS", "onboard": "PASS", "login": "PASS", "authenticated call": "PASS",
+        "revoked cert": "PASS", "revoked binding": "PASS"}
+    import redis
+    client = redis.Redis.from_url(redis_db1)
+    try:
+        assert client.zcount("ratelimit:127.0.0.1:auth.token", t0, "+inf") == 4
+    finally:
+        client.close()
+    # requiring delivery turns the policy denial into a failure
+    r, lines, phases = smoke(deny_broker, tmp_path, cullis_smoke_message_required=True)
+    assert r.rc != 0 and phases["message A -> B"][0] == "FAIL"
+    assert "policy denies a session" in phases["message A -> B"][1]
+
+
+def test_smoke_reports_fail_and_fails_with_a_wrong_admin_secret(broker, tmp_path):
+    wrong = "wrong-" + uuid.uuid4().hex
+    r, lines, phases = smoke(broker, tmp_path, admin_secret=wrong)
+    assert r.rc != 0
+    assert phases["health"][0] == "PASS"
+    assert phases["onboard"] == ("FAIL", phases["onboard"][1]) and "Invalid admin secret" in phases["onboard"][1]
+    assert phases["login"][0] == "FAIL" and phases["revoked cert"][0] == "FAIL"
+    assert "smoke test FAILED: onboard" in r.output
+    assert_no_secrets(r.output, wrong)
