@@ -1,0 +1,230 @@
+"""The end-to-end stack: one complete Cullis stack per test session, deployed by the real playbook.
+
+`stack` deploys PostgreSQL, Redis, OpenBao, the broker and nginx with `playbooks/deploy.yml` into
+a temp directory on free ports (a temp inventory: a copy of inventories/local whose group_vars
+override the ports and `cullis_stack_dir`), yields a `Stack`, and tears it down with
+`playbooks/down.yml -e purge=true` (every process is stopped by the PID its supervisord holds;
+the supervisord itself by its pid file if the playbook could not).
+
+Tests that break the stack (stop a service, seal Vault, revoke an org, ...) must leave it
+healthy again: the next test gets the same stack.
+
+Environment knobs (all optional):
+- CULLIS_BROKER_SRC: the broker source tree to deploy (default broker_src/ of the repository).
+- CULLIS_E2E_BROKER_VENV: reuse this broker venv across sessions (created if missing) instead of
+  building one in the stack dir.
+- CULLIS_E2E_KEEP=1: leave the stack running after the session (its dir is printed).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import ssl
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import xmlrpc.client
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+from testkit.ansible import REPO, PlaybookResult, run_playbook
+from testkit.process import free_port
+
+PORT_VARS = ("cullis_postgres_port", "cullis_redis_port", "cullis_vault_port", "cullis_vault_cluster_port",
+             "cullis_broker_port", "cullis_nginx_port", "cullis_nginx_http_port")
+SECRET_ENV_KEYS = ("ADMIN_SECRET", "DASHBOARD_SIGNING_KEY", "POSTGRES_PASSWORD", "REDIS_PASSWORD",
+                   "VAULT_TOKEN", "DATABASE_URL", "REDIS_URL")
+
+
+def read_env(path: Path) -> dict:
+    values = {}
+    for line in Path(path).read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip()
+    return values
+
+
+def distinct_free_ports(n: int) -> list[int]:
+    ports: list[int] = []
+    while len(ports) < n:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
+@dataclass
+class Stack:
+    """A deployed stack. `env` is re-read on every access (incident tests rotate secrets)."""
+
+    dir: Path
+    inventory: Path
+    ports: dict
+    vars: dict
+    deploy_result: PlaybookResult | None = None
+    deploy_seconds: float = 0.0
+    extra_vars: dict = field(default_factory=dict)
+
+    @property
+    def env_file(self) -> Path:
+        return self.dir / ".env"
+
+    @property
+    def env(self) -> dict:
+        return read_env(self.env_file)
+
+    @property
+    def public_url(self) -> str:
+        return f"https://127.0.0.1:{self.ports['cullis_nginx_port']}"
+
+    @property
+    def internal_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['cullis_broker_port']}"
+
+    @property
+    def vault_addr(self) -> str:
+        return f"https://127.0.0.1:{self.ports['cullis_vault_port']}"
+
+    @property
+    def ca_path(self) -> Path:
+        return self.dir / "tls" / "ca.pem"
+
+    @property
+    def keys_file(self) -> Path:
+        return self.dir / "vault" / "vault-keys.json"
+
+    @property
+    def vault_keys(self) -> dict:
+        return json.loads(self.keys_file.read_text())
+
+    def secret_values(self) -> list[str]:
+        """Every secret of the stack (.env secrets, unseal keys, root token): for no-leak asserts."""
+        env = self.env
+        values = [env[k] for k in SECRET_ENV_KEYS if env.get(k)]
+        keys = self.vault_keys
+        values += list(keys.get("unseal_keys_b64", [])) + list(keys.get("unseal_keys_hex", []))
+        values.append(keys["root_token"])
+        return [v for v in values if v]
+
+    def run(self, playbook: str | Path, check: bool = False, extra_vars: dict | None = None,
+            verbosity: int = 0, **kwargs) -> PlaybookResult:
+        """Run a repository playbook against this stack (its temp inventory)."""
+        merged = dict(self.extra_vars)
+        merged.update(extra_vars or {})
+        return run_playbook(playbook, inventory=self.inventory, extra_vars=merged or None, check=check,
+                            verbosity=verbosity, **kwargs)
+
+    def get(self, path: str, timeout: float = 10) -> tuple[int, dict | str]:
+        """GET a broker path through nginx over TLS, verified with the stack CA."""
+        ctx = ssl.create_default_context(cafile=str(self.ca_path))
+        req = urllib.request.Request(self.public_url + path)
+        try:
+            with urllib.request.urlopen(req, context=ctx, timeout=timeout) as resp:
+                status, body = resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            status, body = exc.code, exc.read()
+        try:
+            return status, json.loads(body)
+        except ValueError:
+            return status, body.decode(errors="replace")
+
+    def services(self) -> dict:
+        """{service: supervisord process info} straight from the stack's supervisord (read-only)."""
+        from supervisor.xmlrpc import SupervisorTransport
+        sock = self.dir / "supervisor" / "supervisor.sock"
+        proxy = xmlrpc.client.ServerProxy("http://127.0.0.1",
+                                          transport=SupervisorTransport(None, None, f"unix://{sock}"))
+        return {info["name"]: info for info in proxy.supervisor.getAllProcessInfo()}
+
+    def supervisord_pid(self) -> int | None:
+        try:
+            return int((self.dir / "supervisor" / "supervisord.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+
+def write_inventory(base: Path, stack_dir: Path, ports: dict) -> Path:
+    inv = base / "inventory"
+    (inv / "group_vars" / "all").mkdir(parents=True)
+    shutil.copy(REPO / "inventories" / "local" / "hosts.yml", inv / "hosts.yml")
+    local_vars = yaml.safe_load((REPO / "inventories" / "local" / "group_vars" / "all" / "stack.yml").read_text())
+    local_vars.update(ports)
+    local_vars["cullis_stack_dir"] = str(stack_dir)
+    (inv / "group_vars" / "all" / "stack.yml").write_text(
+        "---\n# Temp inventory of the e2e stack: inventories/local with free ports.\n"
+        + yaml.safe_dump(local_vars, sort_keys=False))
+    return inv
+
+
+def _stop_by_pid(pid: int | None, grace: float = 60) -> None:
+    if not pid:
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)  # supervisord stops its programs (grace, then SIGKILL) and exits
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run test_deploy.py first: it proves idempotence on the freshly deployed stack."""
+    here = Path(__file__).parent
+    e2e = [i for i, item in enumerate(items) if here in item.path.parents]
+    if not e2e:
+        return
+    chunk = [items[i] for i in e2e]
+    chunk.sort(key=lambda item: 0 if item.path.name == "test_deploy.py" else 1)  # stable
+    for i, item in zip(e2e, chunk):
+        items[i] = item
+
+
+@pytest.fixture(scope="session")
+def stack():
+    base = Path(tempfile.mkdtemp(prefix="cullis-e2e-"))
+    base.chmod(0o755)  # the postgres OS user must traverse it
+    stack_dir = base / "stack"
+    ports = dict(zip(PORT_VARS, distinct_free_ports(len(PORT_VARS))))
+    inventory = write_inventory(base, stack_dir, ports)
+    extra = {}
+    if os.environ.get("CULLIS_BROKER_SRC"):
+        extra["cullis_broker_src"] = os.environ["CULLIS_BROKER_SRC"]
+    if os.environ.get("CULLIS_E2E_BROKER_VENV"):
+        extra["cullis_broker_venv"] = os.environ["CULLIS_E2E_BROKER_VENV"]
+    st = Stack(dir=stack_dir, inventory=inventory, ports=ports, vars={}, extra_vars=extra)
+    try:
+        t0 = time.monotonic()
+        # verbosity 3: test_deploy asserts that not even -vvv of the secret-generating run leaks
+        st.deploy_result = st.run("playbooks/deploy.yml", verbosity=3)
+        st.deploy_seconds = time.monotonic() - t0
+        if st.deploy_result.rc != 0:
+            tail = "\n".join(st.deploy_result.output.splitlines()[-60:])
+            pytest.fail(f"deploy of the e2e stack failed (rc={st.deploy_result.rc}):\n{tail}", pytrace=False)
+        yield st
+    finally:
+        if os.environ.get("CULLIS_E2E_KEEP") == "1":
+            print(f"\nCULLIS_E2E_KEEP=1: stack left running in {stack_dir} (inventory {inventory})")
+        else:
+            pid = st.supervisord_pid()
+            try:
+                st.run("playbooks/down.yml", extra_vars={"purge": True}, timeout=300)
+            finally:
+                _stop_by_pid(pid)
+                shutil.rmtree(base, ignore_errors=True)
