@@ -21,8 +21,7 @@ description:
   - It does not block new logins; combine with M(cullis.broker.cert_revoke), M(cullis.broker.binding_revoke)
     or M(cullis.broker.org_state).
   - The broker compares whole seconds; a token issued in the same second as the invalidation is invalid too.
-author:
-  - Cullis operations team
+author: Cullis operations team (@cullis)
 extends_documentation_fragment:
   - cullis.broker.broker
   - cullis.broker.org_credentials
@@ -30,12 +29,13 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
-    details: Reports the agents whose tokens would be invalidated.
+    description: Reports the agents whose tokens would be invalidated.
   diff_mode:
     support: none
+    description: Nothing to diff.
   idempotent:
     support: none
-    details: An invalidation is an action at a point in time; every run that names agents invalidates their
+    description: An invalidation is an action at a point in time; every run that names agents invalidates their
       tokens issued so far and reports changed.
 options:
   agent_ids:
@@ -159,7 +159,7 @@ def run_module():
         db.close()
     result.update(method='database', invalidated=hit, changed=bool(hit))
     result['failures'] = [dict(agent_id=a, status=None, error='agent not found in the broker database')
-                        for a in agents if a not in hit]
+                          for a in agents if a not in hit]
     if result['failures']:
         module.fail_json(msg="%d agents not found in org %r: %s (the others were invalidated)"
                          % (len(result['failures']), org, ', '.join(f['agent_id'] for f in result['failures'])),

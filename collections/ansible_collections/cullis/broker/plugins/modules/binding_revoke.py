@@ -22,8 +22,7 @@ description:
     are listed and revoked in the database instead (C(bindings.status='revoked')); that path does not close
     sessions or invalidate tokens, so follow it with M(cullis.broker.agent_token_invalidate).
   - Already revoked bindings are unchanged. In check mode the bindings are listed and nothing is revoked.
-author:
-  - Cullis operations team
+author: Cullis operations team (@cullis)
 extends_documentation_fragment:
   - cullis.broker.broker
   - cullis.broker.org_credentials
@@ -31,11 +30,13 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
-    details: Lists the bindings and returns in RV(would_revoke) the ids that would be revoked.
+    description: Lists the bindings and returns in RV(would_revoke) the ids that would be revoked.
   diff_mode:
     support: none
+    description: Nothing to diff.
   idempotent:
     support: full
+    description: A second run with the same options changes nothing.
 options:
   agent_ids:
     description:
@@ -196,8 +197,8 @@ def run_module():
                 if error is None:
                     result['revoked'].append(binding['id'])
                 else:
-                    result['failures'].append(dict(id=binding['id'], agent_id=binding['agent_id'], status=status,
-                                                 error=error))
+                    result['failures'].append(dict(id=binding['id'], agent_id=binding['agent_id'],
+                                                   status=status, error=error))
     result['changed'] = bool(result['revoked'])
     if result['failures']:
         module.fail_json(msg="%d of %d binding revocations failed (%d revoked); first: binding %s: %s"

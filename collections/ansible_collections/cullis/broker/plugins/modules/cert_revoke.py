@@ -26,19 +26,20 @@ description:
   - A revocation blocks new logins only; tokens already issued stay valid until they expire. Use
     M(cullis.broker.agent_token_invalidate) to end them, M(cullis.broker.binding_revoke) and
     M(cullis.broker.org_state) for the rest of an org compromise (runbook section 6).
-author:
-  - Cullis operations team
+author: Cullis operations team (@cullis)
 extends_documentation_fragment:
   - cullis.broker.broker
   - cullis.broker.broker_db
 attributes:
   check_mode:
     support: full
-    details: Returns in RV(would_revoke) the serials that would be revoked, without revoking.
+    description: Returns in RV(would_revoke) the serials that would be revoked, without revoking.
   diff_mode:
     support: none
+    description: Nothing to diff.
   idempotent:
     support: full
+    description: A second run with the same options changes nothing.
 options:
   serials:
     description:
@@ -135,7 +136,8 @@ already_revoked:
   type: list
   elements: dict
 failures:
-  description: Certificates whose revocation failed, with C(status) and C(error). Non-empty fails the task. (Named C(failures) because Ansible reserves C(failed).)
+  description: Certificates whose revocation failed, with C(status) and C(error). Non-empty fails the task.
+    (Named C(failures) because Ansible reserves C(failed).)
   returned: always
   type: list
   elements: dict
@@ -249,7 +251,7 @@ def revoke_one(client, target, reason, revoked_by):
 
 
 def run_module():
-    argument_spec = broker_argument_spec(admin_secret_required=True)
+    argument_spec = broker_argument_spec()
     argument_spec.update(broker_db_argument_spec())
     argument_spec.update(
         serials=dict(type='list', elements='str', default=[]),
@@ -268,6 +270,9 @@ def run_module():
     p = module.params
     result = dict(changed=False, revoked=[], already_revoked=[], failures=[], would_revoke=[], agents=[],
                   unpinned_agents=[], discovery=None, counts={})
+    if not p['admin_secret']:
+        module.fail_json(msg="admin_secret is required (or the environment variable CULLIS_ADMIN_SECRET): the "
+                         "broker's ADMIN_SECRET from its .env", **result)
     if not (p['serials'] or p['certs'] or p['all_agents']):
         module.fail_json(msg="nothing to revoke: give serials, certs, or org_id with all_agents: true", **result)
     if p['serials'] and not p['org_id']:

@@ -22,20 +22,20 @@ description:
   - O(state=active) reactivates through C(POST /v1/admin/orgs/{id}/approve), which works from C(suspended),
     C(pending) and C(rejected) on every broker (the dashboard's "Reactivate" is a no-op on real brokers).
   - The current status is read with C(GET /v1/registry/orgs/{id}); an org already in the wanted state is unchanged.
-author:
-  - Cullis operations team
+author: Cullis operations team (@cullis)
 extends_documentation_fragment:
   - cullis.broker.broker
   - cullis.broker.broker_db
 attributes:
   check_mode:
     support: full
-    details: Reports the current status and whether it would change.
+    description: Reports the current status and whether it would change.
   diff_mode:
     support: full
-    details: Shows the status before and after.
+    description: Shows the status before and after.
   idempotent:
     support: full
+    description: A second run with the same options changes nothing.
 options:
   org_id:
     description:
@@ -130,7 +130,7 @@ def reactivate(module, client, org):
 
 
 def run_module():
-    argument_spec = broker_argument_spec(admin_secret_required=True)
+    argument_spec = broker_argument_spec()
     argument_spec.update(broker_db_argument_spec())
     argument_spec.update(
         org_id=dict(type='str', required=True),
@@ -138,6 +138,9 @@ def run_module():
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     org, wanted = module.params['org_id'], module.params['state']
+    if not module.params['admin_secret']:
+        module.fail_json(msg="admin_secret is required (or the environment variable CULLIS_ADMIN_SECRET): the "
+                         "broker's ADMIN_SECRET from its .env")
     client = BrokerClient.from_module(module)
     try:
         before = get_org(client, org).get('status')
@@ -156,8 +159,8 @@ def run_module():
     except (BrokerError, OrgError) as e:
         module.fail_json(msg=str(e), **result)
     if result['status'] != wanted:
-        module.fail_json(msg="org %r is %r after the change (%s), not %r" % (org, result['status'], result['method'],
-                                                                            wanted), **result)
+        module.fail_json(msg="org %r is %r after the change (%s), not %r"
+                         % (org, result['status'], result['method'], wanted), **result)
     module.exit_json(**result)
 
 

@@ -57,10 +57,9 @@ def test_targets_are_normalised_and_org_checked(make_cert):
 
 
 def test_cert_of_another_org_and_ca_certs_are_refused(make_cert):
+    certs = [make_cert('evil::x', 'evil', 5), make_cert('acme CA', 'acme', 6, ca=True)]
     with pytest.raises(SerialError) as e:
-        cr.collect_targets(params(certs=[make_cert('evil::x', 'evil', 5), make_cert('acme CA', 'acme', 6,
-                                                                                            ca=True)],
-                                  org_id='acme'))
+        cr.collect_targets(params(certs=certs, org_id='acme'))
     assert "certs[0] belongs to org 'evil'" in str(e.value)
     assert 'certs[1] is a CA certificate' in str(e.value)
 
