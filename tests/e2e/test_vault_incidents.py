@@ -15,7 +15,11 @@ import sys
 
 import pytest
 
+from testkit.ansible import REPO
 from testkit.process import wait_for
+
+sys.path.insert(0, str(REPO / "collections"))
+from ansible_collections.cullis.broker.plugins.module_utils._runtime import ProcessRuntime  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -144,3 +148,26 @@ def _token_recovery(stack, old_token):
 
     again = stack.run(TOKEN, extra_vars=keys_file_vars(stack))
     assert again.rc == 0 and again.changed == 0
+
+
+def test_vault_stopped_recovered(stack):
+    """Runbook 3 "Vault sealed or unreachable": the stack's Vault process is stopped; the
+    playbook starts it (it comes back sealed), unseals it and restarts the broker."""
+    rt = ProcessRuntime(str(stack.dir), timeout=60)
+    rt.stop("vault")
+    try:
+        assert bao(stack, "status", check=False).returncode not in (0, 2), "Vault still answers"
+        pid = broker_pid(stack)
+        res = stack.run(SEALED, extra_vars=keys_file_vars(stack), verbosity=3)
+        assert res.rc == 0, res.output[-4000:]
+        assert res.changed > 0
+        assert seal_status(stack)["sealed"] is False
+        assert broker_pid(stack) != pid
+        assert readyz_ok(stack), stack.get("/readyz")
+        assert "started the vault service" in res.output
+        assert_no_secret(stack, res)
+    finally:
+        if not readyz_ok(stack):
+            rt.start("vault")
+            stack.run(SEALED, extra_vars=keys_file_vars(stack))
+            wait_for(lambda: readyz_ok(stack), 120, "broker ready after the test put Vault back")
