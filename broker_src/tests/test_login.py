@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 
 import pytest
 
 from ansible_collections.cullis.broker.plugins.module_utils import _agent_client as ac
+from testkit.pki import CA
 
 
 def test_login_success_and_federation_agents(new_org, broker):
@@ -38,7 +40,7 @@ def _proof(org, key=None, nonce=None, header=None, claims=None, drop=(), htm="PO
            alg="ES256"):
     key = key or ac.DPoPKey.generate()
     h = {"typ": "dpop+jwt", "jwk": key.jwk}
-    c = {"jti": ac.str(ac.uuid.uuid4()) if hasattr(ac, "str") else str(ac.uuid.uuid4()), "htm": htm,
+    c = {"jti": str(uuid.uuid4()), "htm": htm,
          "htu": org.broker.url + path, "iat": int(time.time()), "nonce": nonce or _nonce(org)}
     h.update(header or {})
     c.update(claims or {})
@@ -271,3 +273,33 @@ def test_admin_agents_extension(new_org, admin):
     org.session(org.identity("b", issued)).login()
     spec = admin.request("GET", "/openapi.json").json()
     assert spec["paths"]["/v1/admin/agents"]["get"]["x-cullis-extension"] is True
+
+
+def test_intermediate_chain_and_tofu_pinning(new_org, admin):
+    """Leaf <- intermediate <- org CA (org CA appended and stripped); an agent without a cert is pinned
+    on its first login (TOFU), after which another cert with the same CN is refused."""
+    org = new_org("chain")
+    inter = org.ca.issue(f"{org.org_id} issuing CA", org=org.org_id, ca=True)
+    leaf = inter.issue(f"{org.org_id}::deep", org=org.org_id, server=False, client=True)
+    r = admin.admin_post("/v1/admin/agents", {"org_id": org.org_id, "agent_name": "deep", "capabilities": ["chat"],
+                                              "create_binding": True})
+    assert r.status == 201 and r.json()["cert_thumbprint"] is None, r.body
+    ident = ac.AgentIdentity(f"{org.org_id}::deep", org.org_id, leaf.cert_pem, leaf.key_pem,
+                             [inter.cert_pem, org.ca.cert_pem], org.identity("x", leaf).mastio_key_pem)
+    org.session(ident).login()
+    rows = admin.admin_get("/v1/admin/agents", query={"org_id": org.org_id}).json()
+    assert rows[0]["serial_hex"] == format(leaf.cert.serial_number, "x") and rows[0]["cert_thumbprint"]
+    other = inter.issue(f"{org.org_id}::deep", org=org.org_id, server=False, client=True)
+    ident2 = ac.AgentIdentity(ident.agent_id, org.org_id, other.cert_pem, other.key_pem, [inter.cert_pem],
+                              ident.mastio_key_pem)
+    with pytest.raises(ac.LoginError) as e:
+        org.session(ident2).login()
+    assert e.value.detail == "Certificate thumbprint mismatch — use the rotate-cert endpoint to update"
+    # broken chain: leaf presented with the wrong intermediate
+    stranger = CA.create("stranger", org=org.org_id)
+    ident3 = ac.AgentIdentity(ident.agent_id, org.org_id, leaf.cert_pem, leaf.key_pem, [stranger.cert_pem],
+                              ident.mastio_key_pem)
+    with pytest.raises(ac.LoginError) as e:
+        org.session(ident3).login()
+    assert e.value.detail == ("certificate chain broken at position 0 — signature not produced by the next cert "
+                              "in the chain")

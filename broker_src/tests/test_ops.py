@@ -126,49 +126,45 @@ def test_dashboard_setup_login_and_suspend(servers, ops_broker):
     assert org.admin.admin_get(f"/v1/registry/orgs/{org.org_id}").json()["status"] == "active"
 
 
+def _readyz_during_outage(broker, break_it, restore_it):
+    """/readyz while a dependency is broken, then wait for 200 after restoring it (no broker restart)."""
+    wait_ready(broker)
+    break_it()
+    try:
+        return readyz(broker)
+    finally:
+        restore_it()
+        wait_ready(broker)
+
+
 def test_readyz_postgres_down_and_back(servers, ops_broker):
     """Runbook 2: Postgres down -> /readyz 503 database error; back -> 200 without a broker restart."""
-    pg, _redis, _bao = servers
-    wait_ready(ops_broker)
-    pg.stop()
-    try:
-        status, body = readyz(ops_broker)
-        assert status == 503 and body["status"] == "not_ready"
-        assert body["checks"]["database"].startswith("error: ")
-        assert "READYZ FAIL [database]" in ops_broker.log()
-    finally:
-        pg.start()
-    wait_ready(ops_broker)
+    pg = servers[0]
+    status, body = _readyz_during_outage(ops_broker, pg.stop, pg.start)
+    assert status == 503 and body["status"] == "not_ready"
+    assert body["checks"]["database"].startswith("error: ")
+    assert "READYZ FAIL [database]" in ops_broker.log()
 
 
 def test_readyz_redis_down_and_back(servers, ops_broker):
     """Runbook 1 verify: /readyz checks Redis; 503 while it is down, 200 once it is back."""
-    _pg, redis, _bao = servers
-    wait_ready(ops_broker)
-    redis.stop()
-    try:
-        status, body = readyz(ops_broker)
-        assert status == 503 and body["checks"]["database"] == "ok"
-        assert body["checks"]["redis"].startswith("error: ")
-    finally:
-        redis.start()
-    wait_ready(ops_broker)
+    redis = servers[1]
+    status, body = _readyz_during_outage(ops_broker, redis.stop, redis.start)
+    assert status == 503 and body["checks"]["database"] == "ok"
+    assert body["checks"]["redis"].startswith("error: ")
 
 
 def test_readyz_vault_sealed_and_unsealed(servers, ops_broker):
     """Runbook 3: a sealed Vault shows as kms error on /readyz (live check) and recovers by itself."""
-    _pg, _redis, bao = servers
-    wait_ready(ops_broker)
-    bao.seal()
-    try:
-        status, body = readyz(ops_broker)
-        assert status == 503
-        assert body["checks"] == {"database": "ok", "redis": "ok",
-                                  "kms": "error: Vault returned HTTP 503 — check broker logs for details"}
-    finally:
+    bao = servers[2]
+
+    def unseal():
         bao.unseal()
         bao.wait_active()
-    wait_ready(ops_broker)
+    status, body = _readyz_during_outage(ops_broker, bao.seal, unseal)
+    assert status == 503
+    assert body["checks"] == {"database": "ok", "redis": "ok",
+                              "kms": "error: Vault returned HTTP 503 — check broker logs for details"}
 
 
 def test_startup_with_sealed_vault_exits_3_and_writes_nothing(servers):
