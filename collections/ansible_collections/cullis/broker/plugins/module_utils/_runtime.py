@@ -218,7 +218,7 @@ class ProcessRuntime(object):
             raise RuntimeErrorCullis('%s does not exist: deploy the stack first (playbooks/deploy.yml)' % self.conf)
         stale = self.daemon_pid()
         if stale:
-            raise RuntimeErrorCullis('supervisord (pid %d) runs but does not answer on %s; stop it by its pid '
+            raise RuntimeErrorCullis('supervisord (pid %s) runs but does not answer on %s; stop it by its pid '
                                      'and re-run the deploy' % (stale, self.sock))
         env = dict(PATH='/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
                    LANG='C.UTF-8', HOME=os.environ.get('HOME', '/root'))
@@ -238,12 +238,12 @@ class ProcessRuntime(object):
         if not self.daemon_running():
             if pid:
                 os.kill(pid, signal.SIGTERM)
-                self._wait(lambda: not pid_alive(pid), 'supervisord pid %d to exit' % pid, timeout=120)
+                self._wait(lambda: not pid_alive(pid), 'supervisord pid %s to exit' % pid, timeout=120)
                 return True
             return False
         self._call('supervisor.shutdown')
         if pid:
-            self._wait(lambda: not pid_alive(pid), 'supervisord pid %d to exit' % pid, timeout=120)
+            self._wait(lambda: not pid_alive(pid), 'supervisord pid %s to exit' % pid, timeout=120)
         return True
 
     # ---- services ------------------------------------------------------------------------

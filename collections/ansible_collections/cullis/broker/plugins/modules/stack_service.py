@@ -23,17 +23,17 @@ description:
   - Stopping gives the service its grace period (the program's C(stopwaitsecs)), then SIGKILL, so
     a broker that ignores SIGTERM still stops.
   - O(name=all) with O(state=stopped) stops every service and the stack's supervisord itself.
-author:
-  - Cullis operations team
+author: Cullis operations team (!UNKNOWN)
 attributes:
   check_mode:
     support: full
-    details: Reports what would change (including loading a changed configuration) without acting.
+    description: Reports what would change (including loading a changed configuration) without acting.
   diff_mode:
     support: none
+    description: Nothing to diff; RV(status) describes the service.
   idempotent:
     support: partial
-    details: V(started) and V(stopped) are idempotent; V(restarted) and V(reloaded) always act.
+    description: V(started) and V(stopped) are idempotent; V(restarted) and V(reloaded) always act.
 options:
   name:
     description:
@@ -129,8 +129,8 @@ status:
     uptime: {description: Seconds up., type: int, returned: always}
     start: {description: Epoch seconds of the last start (0 = never)., type: int, returned: always}
     stop: {description: Epoch seconds of the last stop (0 = never)., type: int, returned: always}
-    exitstatus: {description: Exit status of the last run (-9 style values are not used; a SIGKILL shows as 0 with the state)., type: int, returned: always}
-    spawnerr: {description: supervisord's spawn error, if any., type: str, returned: always}
+    exitstatus: {description: Exit status of the last run of the service., type: int, returned: always}
+    spawnerr: {description: "supervisord's spawn error (empty when none).", type: str, returned: always}
     description: {description: supervisord's one-line description., type: str, returned: always}
     logfile: {description: Path of the service log., type: str, returned: always}
 '''
