@@ -18,13 +18,16 @@ from pathlib import Path
 
 import bcrypt
 import sqlalchemy as sa
+from cryptography import x509
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from jinja2 import Environment, select_autoescape
 
 from app import audit
-from app.deps import client_ip
-from app.models import organizations
+from app.certs import signed_directly_by
+from app.deps import client_ip, utcnow
+from app.models import bindings, organizations
+from app.routes_broker import load_agent_cert, upsert_agent
 from app.state import state
 from app.vault import VaultError
 
@@ -212,6 +215,43 @@ async def change_password(request: Request, csrf_token: str = Form(...), passwor
         return page("Organizations", "", "Password must be 12 to 72 bytes.", status=400)
     hashed = (await asyncio.to_thread(bcrypt.hashpw, password.encode(), bcrypt.gensalt(ADMIN_BCRYPT_ROUNDS))).decode()
     await state.kv.patch({"admin_secret_hash": hashed, "admin_password_user_set": "true"})
+    return RedirectResponse("/dashboard/orgs", status_code=303)
+
+
+@router.post("/agents/register")
+async def register_agent(request: Request, csrf_token: str = Form(...), org_id: str = Form(...),
+                         agent_name: str = Form(...), display_name: str = Form(""), description: str = Form(""),
+                         capabilities: str = Form(""), cert_pem: str = Form("")):
+    """Create (or update) an agent and an approved binding with scope = capabilities (contract section 3)."""
+    sess = read_session(request)
+    if sess is None:
+        return _to_login()
+    if not _csrf_ok(sess, csrf_token):
+        return page("Organizations", "", "Invalid CSRF token.", status=403)
+    caps = [c.strip() for c in capabilities.split(",") if c.strip()]
+    agent_id = f"{org_id}::{agent_name}"
+    async with state.engine.begin() as conn:
+        org = (await conn.execute(sa.select(organizations).where(organizations.c.org_id == org_id))).first()
+        if org is None:
+            return page("Organizations", "", "Organization not found.", status=404)
+        cert = None
+        if cert_pem.strip():
+            cert = load_agent_cert(cert_pem)
+            if org.ca_certificate and not signed_directly_by(
+                    cert, x509.load_pem_x509_certificate(org.ca_certificate.encode())):
+                return page("Organizations", "", "cert_pem is not signed by the organization's CA", status=400)
+        await upsert_agent(conn, org, agent_id, cert, cert_pem.strip() or None, caps, display_name,
+                           description or None, repin=cert is not None)
+        b = (await conn.execute(sa.select(bindings).where(bindings.c.agent_id == agent_id)
+                                .where(bindings.c.org_id == org_id))).first()
+        values = dict(status="approved", scope_json=json.dumps(caps), approved_at=utcnow(), approved_by="admin")
+        if b is None:
+            await conn.execute(bindings.insert().values(org_id=org_id, agent_id=agent_id, created_at=utcnow(),
+                                                        **values))
+        else:
+            await conn.execute(bindings.update().where(bindings.c.id == b.id).values(**values))
+        await audit.append(conn, "dashboard.agent_registered", "ok", org_id=org_id, agent_id=agent_id,
+                           principal_type="admin")
     return RedirectResponse("/dashboard/orgs", status_code=303)
 
 

@@ -124,6 +124,13 @@ def test_dashboard_setup_login_and_suspend(servers, ops_broker):
     assert org.admin.admin_get(f"/v1/registry/orgs/{org.org_id}").json()["status"] == "suspended"
     _form(ops_broker, f"/dashboard/orgs/{org.org_id}/approve", {"csrf_token": csrf}, cookie)
     assert org.admin.admin_get(f"/v1/registry/orgs/{org.org_id}").json()["status"] == "active"
+    # dashboard agent registration: agent + approved binding, then a real login
+    issued = org.issue("dash")
+    status, _, _ = _form(ops_broker, "/dashboard/agents/register", {
+        "csrf_token": csrf, "org_id": org.org_id, "agent_name": "dash", "capabilities": "chat, files",
+        "cert_pem": issued.cert_pem.decode()}, cookie)
+    assert status == 303
+    assert org.session(org.identity("dash", issued)).login()["token_type"] == "DPoP"
 
 
 def _readyz_during_outage(broker, break_it, restore_it):
