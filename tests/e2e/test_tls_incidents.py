@@ -1,0 +1,147 @@
+"""TLS incidents on the deployed stack (runbook section 5 "TLS cert expired (broker public URL)").
+
+Each test makes nginx serve an EXPIRED certificate for real (files replaced, nginx reloaded), runs
+playbooks/incidents/tls_expired.yml with --check (nothing may change), then for real (recovered:
+a valid certificate is served and /health passes with full verification against the right CA),
+then again (healthy: changed=0). Recovery paths: BYOCA (the operator's new certificate, after a
+refused wrong-host bundle left the old one in place), ACME (Pebble validating HTTP-01 through the
+stack's nginx) and the stack's own local CA, which also puts the stack back as the other e2e tests
+expect it.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import ssl
+import urllib.error
+import urllib.request
+
+import pytest
+
+from testkit.ansible import run_module
+from testkit.pebble import PebbleServer
+from testkit.pki import CA, now
+from testkit.process import wait_for
+
+pytestmark = pytest.mark.slow
+
+PLAYBOOK = "playbooks/incidents/tls_expired.yml"
+
+
+def served_fingerprint(stack) -> str:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    port = stack.ports["cullis_nginx_port"]
+    with ctx.wrap_socket(__import__("socket").create_connection(("127.0.0.1", port), timeout=10)) as s:
+        return hashlib.sha256(s.getpeercert(binary_form=True)).hexdigest()
+
+
+def fingerprint(issued) -> str:
+    return hashlib.sha256(issued.cert.public_bytes(__import__(
+        "cryptography.hazmat.primitives.serialization", fromlist=["Encoding"]).Encoding.DER)).hexdigest()
+
+
+def health_verified(stack, ca_file) -> int:
+    ctx = ssl.create_default_context(cafile=str(ca_file))  # CA, host name and dates all checked
+    with urllib.request.urlopen(stack.public_url + "/health", context=ctx, timeout=10) as resp:
+        assert json.loads(resp.read())["status"] == "ok"
+        return resp.status
+
+
+def serve_expired(stack):
+    """Replace nginx's certificate with an expired one and reload nginx; returns it."""
+    expired = CA.create("Expired Test CA").server_cert("127.0.0.1", "localhost", days=30,
+                                                        not_before=now() - dt.timedelta(days=45))
+    (stack.dir / "tls" / "nginx.pem").write_bytes(expired.cert_pem)
+    (stack.dir / "tls" / "nginx-key.pem").write_bytes(expired.key_pem)
+    res = run_module("stack_service", {"name": "nginx", "state": "reloaded", "stack_dir": str(stack.dir)})
+    assert not res.failed, res.output
+    wait_for(lambda: served_fingerprint(stack) == fingerprint(expired), 20, "nginx serving the expired cert")
+    return expired
+
+
+def assert_clean(stack, result, *extra):
+    for value in [*stack.secret_values(), *extra]:
+        assert value not in result.output, "a secret appeared in the playbook output"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def restore_local_ca(stack):
+    """Whatever happens here, hand the stack back serving its local-CA certificate."""
+    yield
+    try:
+        health_verified(stack, stack.ca_path)
+    except Exception:  # noqa: BLE001 - any TLS failure means: restore
+        stack.run(PLAYBOOK, extra_vars={"cullis_tls_mode": "selfsigned"})
+
+
+def test_byoca_refuses_a_bad_bundle_then_installs_the_operators_certificate(stack, tmp_path):
+    expired = serve_expired(stack)
+    root = CA.create("Operator Root CA")
+    inter = root.issue("Operator Intermediate CA", ca=True, days=3000)
+    good = inter.server_cert("127.0.0.1", "localhost", days=200)
+    wrong = inter.server_cert("broker.other.example", days=200)
+    (tmp_path / "root.pem").write_bytes(root.cert_pem)
+    (tmp_path / "chain.pem").write_bytes(inter.cert_pem)
+    for name, issued in (("good", good), ("wrong", wrong)):
+        (tmp_path / f"{name}.crt").write_bytes(issued.cert_pem)
+        (tmp_path / f"{name}.key").write_bytes(issued.key_pem)
+
+    def files(name):
+        return {"cullis_tls_mode": "byoca", "tls_cert": str(tmp_path / f"{name}.crt"),
+                "tls_key": str(tmp_path / f"{name}.key"), "tls_chain": str(tmp_path / "chain.pem"),
+                "tls_ca": str(tmp_path / "root.pem")}
+
+    refused = stack.run(PLAYBOOK, extra_vars=files("wrong"))
+    assert refused.rc != 0
+    assert "does not cover 127.0.0.1" in refused.output
+    assert "the current certificate stays in place" in refused.output
+    assert served_fingerprint(stack) == fingerprint(expired)
+
+    check = stack.run(PLAYBOOK, extra_vars=files("good"), check=True)
+    assert check.rc == 0, check.output[-3000:]
+    assert served_fingerprint(stack) == fingerprint(expired)
+    assert (stack.dir / "tls" / "nginx.pem").read_bytes() == expired.cert_pem
+
+    fixed = stack.run(PLAYBOOK, extra_vars=files("good"), verbosity=3)
+    assert fixed.rc == 0, fixed.output[-3000:]
+    assert fixed.changed > 0
+    assert served_fingerprint(stack) == fingerprint(good)
+    assert health_verified(stack, tmp_path / "root.pem") == 200
+    assert "operator certificate validated and installed; nginx reloaded" in fixed.output
+    assert_clean(stack, fixed, good.key_pem.decode().splitlines()[1])
+
+    again = stack.run(PLAYBOOK, extra_vars=files("good"))
+    assert again.rc == 0, again.output[-3000:]
+    assert again.changed == 0
+
+
+def test_acme_renews_through_nginx_http01(stack, tmp_path):
+    serve_expired(stack)
+    with PebbleServer(http_port=stack.ports["cullis_nginx_http_port"]) as pebble:
+        root = tmp_path / "pebble-root.pem"
+        root.write_bytes(pebble.issuer_root_pem())
+        acme = {"cullis_tls_mode": "acme", "cullis_tls_acme_directory": pebble.directory_url,
+                "cullis_tls_acme_directory_ca": str(pebble.api_ca_path), "cullis_tls_public_ca_path": str(root)}
+        fixed = stack.run(PLAYBOOK, extra_vars=acme)
+        assert fixed.rc == 0, fixed.output[-3000:] + pebble.log()
+        assert "new ACME certificate ordered; nginx reloaded" in fixed.output
+        assert health_verified(stack, root) == 200
+        assert not list((stack.dir / "acme-challenge").iterdir())
+        again = stack.run(PLAYBOOK, extra_vars=acme)
+        assert again.rc == 0 and again.changed == 0, again.output[-3000:]
+
+
+def test_local_ca_reissues_and_the_stack_is_back_to_normal(stack):
+    serve_expired(stack)
+    with pytest.raises(urllib.error.URLError) as failure:
+        health_verified(stack, stack.ca_path)
+    assert isinstance(failure.value.reason, ssl.SSLCertVerificationError)
+    fixed = stack.run(PLAYBOOK, extra_vars={"cullis_tls_mode": "selfsigned"})
+    assert fixed.rc == 0, fixed.output[-3000:]
+    assert "local CA certificate re-issued; nginx reloaded" in fixed.output
+    assert health_verified(stack, stack.ca_path) == 200
+    again = stack.run(PLAYBOOK, extra_vars={"cullis_tls_mode": "selfsigned"})
+    assert again.rc == 0 and again.changed == 0, again.output[-3000:]
