@@ -143,55 +143,35 @@ def test_wrong_admin_secret_is_reported_without_echoing_it(broker, tmp_path):
     assert_no_secrets(r.output, wrong)
 
 
-def test_login_and_authenticated_call(broker, org_a):
-    r = login(broker, org_a["dir"], "sender", list_agents=True, verbosity=3)
+def token_requests_since(redis_url: str, t0: float) -> int:
+    """POST /v1/auth/token hits the broker's rate limiter recorded (contract: ratelimit:<ip>:auth.token)."""
+    import redis
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return client.zcount("ratelimit:127.0.0.1:auth.token", t0, "+inf")
+    finally:
+        client.close()
+
+
+def test_login_and_authenticated_call_in_check_mode_cost_one_token_request(broker, redis_server, org_a):
+    t0 = time.time() - 0.001
+    r = login(broker, org_a["dir"], "worker", list_agents=True, check=True, verbosity=3)
     assert not r.failed, r.result.get("msg")
     assert r.changed is False
     assert r.result["logged_in"] and r.result["status"] == 200
     claims = r.result["claims"]
-    assert claims["agent_id"] == f"{org_a['id']}::sender" and claims["org"] == org_a["id"]
-    assert "cnf" in claims and "access_token" not in r.result
+    assert claims["agent_id"] == f"{org_a['id']}::worker" and claims["org"] == org_a["id"]
+    assert claims["scope"] == ["orders.read"] and "cnf" in claims
     listed = {a["agent_id"] for a in r.result["agents"]["agents"]}
-    assert f"{org_a['id']}::sender" in listed and f"{org_a['id']}::worker" in listed
-    # the token itself never reaches the output (its claims do)
-    assert "eyJ" not in json.dumps(r.result)
+    assert {f"{org_a['id']}::sender", f"{org_a['id']}::worker"} <= listed
+    # the token never reaches the result or the -vvv output (its claims do)
+    assert "access_token" not in r.result and "eyJ" not in r.output
+    # the nonce is prefetched: one of the broker's 10 token requests per minute, not two
+    assert token_requests_since(redis_server.url, t0) == 1
 
 
-def token_requests_since(redis_server, t0: float) -> int:
-    """POST /v1/auth/token hits recorded by the broker's rate limiter (contract: ratelimit:<ip>:auth.token)."""
-    import redis
-    r = redis.Redis.from_url(redis_server.url)
-    try:
-        return r.zcount("ratelimit:127.0.0.1:auth.token", t0, "+inf")
-    finally:
-        r.close()
-
-
-def test_a_login_costs_one_token_request_and_the_peer_none_extra(broker, redis_server, org_a, org_b):
-    """The smoke test must fit the broker's 10 token requests/min/IP: count the real hits."""
+def test_message_from_org_a_is_delivered_to_org_b(broker, redis_server, org_a, org_b):
     t0 = time.time() - 0.001
-    r = login(broker, org_a["dir"], "worker")
-    assert not r.failed, r.result.get("msg")
-    assert token_requests_since(redis_server, t0) == 1
-    t1 = time.time() - 0.001
-    r = login(broker, org_a["dir"], "worker", prefetch_nonce=False)
-    assert not r.failed, r.result.get("msg")
-    assert token_requests_since(redis_server, t1) == 2  # nonce round-trip
-    t2 = time.time() - 0.001
-    r = login(broker, org_a["dir"], "sender", send_message={
-        "peer_identity_dir": str(org_b["dir"]), "peer_agent": "receiver"})
-    assert not r.failed, r.result.get("msg")
-    assert token_requests_since(redis_server, t2) == 2  # sender 1 + peer 1 (shared nonce)
-
-
-def test_login_in_check_mode_still_logs_in(broker, org_a):
-    r = login(broker, org_a["dir"], "worker", check=True)
-    assert not r.failed, r.result.get("msg")
-    assert r.result["logged_in"] and r.changed is False
-    assert r.result["claims"]["scope"] == ["orders.read"]
-
-
-def test_message_from_org_a_is_delivered_to_org_b(broker, org_a, org_b):
     r = login(broker, org_a["dir"], "sender", send_message={
         "peer_identity_dir": str(org_b["dir"]), "peer_agent": "receiver", "payload": {"text": "hello b"}})
     assert not r.failed, r.result.get("msg")
@@ -199,6 +179,7 @@ def test_message_from_org_a_is_delivered_to_org_b(broker, org_a, org_b):
     assert msg["result"] == "delivered"
     assert msg["received"]["payload"] == {"text": "hello b"}
     assert msg["received"]["sender_agent_id"] == f"{org_a['id']}::sender"
+    assert token_requests_since(redis_server.url, t0) == 2  # sender + peer (which reuses the nonce)
 
 
 def test_revoked_certificate_login_is_401(broker, org_a):
@@ -213,22 +194,18 @@ def test_revoked_certificate_login_is_401(broker, org_a):
               expect_detail="Certificate has been revoked")
     assert not r.failed, r.result.get("msg")
     assert (r.result["status"], r.result["detail"]) == (401, "Certificate has been revoked")
-    # with the default expect=success the same login fails the task, naming status and detail
-    r = login(broker, org_a["dir"], "to-revoke-cert")
-    assert r.failed and "HTTP 401: Certificate has been revoked" in r.result["msg"]
 
 
-def test_revoked_binding_login_is_403(broker, org_a):
+def test_revoked_binding_login_is_403_and_onboarding_reapproves(broker, org_a):
     agent = [a for a in org_a["result"].result["agents"] if a["name"] == "to-revoke-binding"][0]
     resp = _client(broker).request("POST", f"/v1/registry/bindings/{agent['binding_id']}/revoke",
                                    headers={"x-org-id": org_a["id"], "x-org-secret": org_secret(org_a["dir"])})
     assert resp.status == 200, resp.detail
-    r = login(broker, org_a["dir"], "to-revoke-binding", expect="failure", expect_status=403,
-              expect_detail="No approved binding")
-    assert not r.failed, r.result.get("msg")
-    # a wrong expectation is a failed task that says what differed
-    r = login(broker, org_a["dir"], "to-revoke-binding", expect="failure", expect_status=401)
-    assert r.failed and "expected HTTP 401, got HTTP 403" in r.result["msg"]
+    # default expect=success: the task fails and names the broker's status and detail
+    r = login(broker, org_a["dir"], "to-revoke-binding", expect_status=403)
+    assert r.failed
+    assert "HTTP 403: No approved binding for this agent and organization" in r.result["msg"]
+    assert r.result["status"] == 403
     # onboarding again re-approves the revoked binding (status read first, no 500 on approved ones)
     again = onboard(broker, org_a["id"], org_a["dir"], ["to-revoke-binding"])
     assert not again.failed, again.result.get("msg")
@@ -236,32 +213,35 @@ def test_revoked_binding_login_is_403(broker, org_a):
     assert login(broker, org_a["dir"], "to-revoke-binding").result["logged_in"]
 
 
-def test_unknown_agent_is_a_clear_error(broker, org_a):
-    r = login(broker, org_a["dir"], "nobody")
-    assert r.failed and "onboard it with cullis.broker.org_onboard" in r.result["msg"]
-
-
-@pytest.mark.slow
-def test_smoke_playbook_all_phases_pass_without_leaking_secrets(broker, redis_server, tmp_path):
+def smoke(broker, tmp_path, admin_secret=None, verbosity=0, **extra):
     env_file = tmp_path / "broker.env"
-    env_file.write_text(f"ADMIN_SECRET={broker.admin_secret}\nOTHER=1\n")
+    env_file.write_text(f"OTHER=1\nADMIN_SECRET='{admin_secret or broker.admin_secret}'\n")
     env_file.chmod(0o600)
-    ids = tmp_path / "ids"
-    t0 = time.time() - 0.001
-    r = run_playbook("playbooks/smoke.yml", inventory="inventories/local", verbosity=3, extra_vars={
-        "cullis_broker_public_url": broker.url, "cullis_env_file": str(env_file),
-        "cullis_smoke_identity_root": str(ids), "cullis_smoke_message_required": True})
+    extra_vars = {"cullis_broker_public_url": broker.url, "cullis_env_file": str(env_file)}
+    extra_vars.update(extra)
+    r = run_playbook("playbooks/smoke.yml", inventory="inventories/local", extra_vars=extra_vars,
+                     verbosity=verbosity)
     report = r.task_results("Smoke test report")
     assert report, r.output[-3000:]
     lines = report[0]["msg"]
     print("\n".join(lines))
+    return r, lines, {line[:18].strip(): (line[19:26].strip(), line[27:]) for line in lines[1:]}
+
+
+ALL_PASS = {"health": "PASS", "readyz": "PASS", "onboard": "PASS", "login": "PASS", "authenticated call": "PASS",
+            "message A -> B": "PASS", "revoked cert": "PASS", "revoked binding": "PASS"}
+
+
+@pytest.mark.slow
+def test_smoke_playbook_all_phases_pass_without_leaking_secrets(broker, redis_server, tmp_path):
+    ids = tmp_path / "ids"
+    t0 = time.time() - 0.001
+    r, lines, phases = smoke(broker, tmp_path, verbosity=3, cullis_smoke_identity_root=str(ids),
+                             cullis_smoke_message_required=True)
     assert r.rc == 0 and r.failed == 0, "\n".join(lines)
-    phases = {line[:18].strip(): line[19:26].strip() for line in lines[1:]}
-    assert phases == {"health": "PASS", "readyz": "PASS", "onboard": "PASS", "login": "PASS",
-                      "authenticated call": "PASS", "message A -> B": "PASS", "revoked cert": "PASS",
-                      "revoked binding": "PASS"}, "\n".join(lines)
+    assert {k: v[0] for k, v in phases.items()} == ALL_PASS, "\n".join(lines)
     # four logins, one token request each: well inside the broker's 10/min/IP
-    assert token_requests_since(redis_server, t0) == 4
+    assert token_requests_since(redis_server.url, t0) == 4
     org_secrets = [p.read_text().strip() for p in ids.glob("*/org-secret")]
     assert len(org_secrets) == 2
     assert_no_secrets(r.output, broker.admin_secret, *org_secrets)
@@ -279,41 +259,20 @@ def deny_broker(pg_server, redis_server, bao_server):
     proc.cleanup()
 
 
-def smoke(broker, tmp_path, admin_secret=None, **extra):
-    env_file = tmp_path / "broker.env"
-    env_file.write_text(f"ADMIN_SECRET='{admin_secret or broker.admin_secret}'\n")
-    env_file.chmod(0o600)
-    extra_vars = {"cullis_broker_public_url": broker.url, "cullis_env_file": str(env_file)}
-    extra_vars.update(extra)
-    r = run_playbook("playbooks/smoke.yml", inventory="inventories/local", extra_vars=extra_vars)
-    report = r.task_results("Smoke test report")
-    assert report, r.output[-3000:]
-    lines = report[0]["msg"]
-    print("\n".join(lines))
-    return r, lines, {line[:18].strip(): (line[19:26].strip(), line[27:]) for line in lines[1:]}
-
-
 @pytest.mark.slow
 def test_smoke_skips_the_message_when_policy_denies_and_fits_the_real_rate_limit(deny_broker, tmp_path):
-    redis_db1 = deny_broker.env["REDIS_URL"]
+    ids = tmp_path / "ids"
     t0 = time.time() - 0.001
-    r, lines, phases = smoke(deny_broker, tmp_path)
+    r, lines, phases = smoke(deny_broker, tmp_path, cullis_smoke_identity_root=str(ids))
     assert r.rc == 0, "\n".join(lines)
-    assert phases["message A -> B"][0] == "SKIPPED"
+    assert {k: v[0] for k, v in phases.items()} == dict(ALL_PASS, **{"message A -> B": "SKIPPED"})
     assert "Policy: policy_default_deny" in phases["message A -> B"][1]
-    assert {k: v[0] for k, v in phases.items() if k != "message A -> B"} == {
-        "health": "PASS", "readyz": "PASS", "onboard": "PASS", "login": "PASS", "authenticated call": "PASS",
-        "revoked cert": "PASS", "revoked binding": "PASS"}
-    import redis
-    client = redis.Redis.from_url(redis_db1)
-    try:
-        assert client.zcount("ratelimit:127.0.0.1:auth.token", t0, "+inf") == 4
-    finally:
-        client.close()
-    # requiring delivery turns the policy denial into a failure
-    r, lines, phases = smoke(deny_broker, tmp_path, cullis_smoke_message_required=True)
-    assert r.rc != 0 and phases["message A -> B"][0] == "FAIL"
-    assert "policy denies a session" in phases["message A -> B"][1]
+    assert token_requests_since(deny_broker.env["REDIS_URL"], t0) == 4
+    # with delivery required, the policy denial fails the module
+    org_a, org_b = sorted(ids.iterdir())
+    r = login(deny_broker, org_a, "sender", send_message={"peer_identity_dir": str(org_b), "peer_agent": "receiver"})
+    assert r.failed and "policy denies a session" in r.result["msg"]
+    assert r.result["logged_in"]
 
 
 def test_smoke_reports_fail_and_fails_with_a_wrong_admin_secret(broker, tmp_path):
@@ -321,7 +280,8 @@ def test_smoke_reports_fail_and_fails_with_a_wrong_admin_secret(broker, tmp_path
     r, lines, phases = smoke(broker, tmp_path, admin_secret=wrong)
     assert r.rc != 0
     assert phases["health"][0] == "PASS"
-    assert phases["onboard"] == ("FAIL", phases["onboard"][1]) and "Invalid admin secret" in phases["onboard"][1]
-    assert phases["login"][0] == "FAIL" and phases["revoked cert"][0] == "FAIL"
+    assert phases["onboard"][0] == "FAIL" and "Invalid admin secret" in phases["onboard"][1]
+    assert phases["revoked cert"] == ("FAIL", "not reached: onboarding failed")
+    assert all(phases[p][0] == "FAIL" for p in ("login", "authenticated call", "message A -> B", "revoked binding"))
     assert "smoke test FAILED: onboard" in r.output
     assert_no_secrets(r.output, wrong)
