@@ -230,6 +230,20 @@ def test_no_redis_extensions_off_and_rate_limit(servers):
         b.cleanup()
 
 
+def test_admin_lockout_blank_hash_reopens_setup(servers, ops_broker):
+    """Runbook 7 (a): `kv patch admin_secret_hash=""` + restart -> a new bootstrap token, setup works again."""
+    bao = servers[2]
+    bao.cli("kv", "patch", "secret/broker", "admin_secret_hash=", token=bao.root_token)
+    ops_broker.restart()
+    data = vault_secret(bao)["data"]
+    assert data["admin_password_user_set"] == "false" and data["admin_bootstrap_token"]
+    assert data["operator_note"] == "keep-me" and data["private_key_pem"]
+    status, _, _ = _form(ops_broker, "/dashboard/setup", {"token": data["admin_bootstrap_token"],
+                                                          "password": "a brand new password"})
+    assert status == 303
+    assert _form(ops_broker, "/dashboard/login", {"password": "a brand new password"})[0] == 303
+
+
 def test_sigterm_drains_then_exits(servers, ops_broker):
     """Contract section 1 signals: SIGTERM -> /readyz 503 draining, then the process exits within 10 s."""
     wait_ready(ops_broker)
