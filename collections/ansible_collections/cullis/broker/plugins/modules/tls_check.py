@@ -27,7 +27,8 @@ description:
     presents are used; where Python cannot return the peer chain only the leaf is known
     (RV(targets[].chain_source=leaf-only)) and intermediates must be in O(ca_path).
 version_added: 0.1.0
-author: Cullis operations team
+author:
+  - Cullis operations team (!UNKNOWN)
 requirements:
   - cryptography >= 45 (on the host that runs the module)
 attributes:
@@ -36,6 +37,7 @@ attributes:
     description: Read-only; runs the same in check mode.
   diff_mode:
     support: none
+    description: Nothing is changed, so there is no diff.
   idempotent:
     support: full
     description: Never changes anything, always returns C(changed=false).
@@ -227,7 +229,7 @@ targets:
       description: End of validity, UTC, ISO 8601.
       type: str
     days_left:
-      description: Whole days until O(targets[].not_after); negative once expired.
+      description: Whole days until RV(targets[].not_after); negative once expired.
       type: int
     expired:
       description: Whether notAfter is in the past.

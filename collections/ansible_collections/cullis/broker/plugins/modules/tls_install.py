@@ -23,7 +23,8 @@ description:
     the key to O(dest_key) (mode 0600), each by an atomic rename. Files already identical are not
     rewritten, so C(changed) tells whether the served certificate changed (reload the server then).
 version_added: 0.1.0
-author: Cullis operations team
+author:
+  - Cullis operations team (!UNKNOWN)
 requirements:
   - cryptography >= 45
 attributes:
@@ -35,6 +36,7 @@ attributes:
     description: Shows subject, SANs, expiry and fingerprint of the old and the new certificate (never the key).
   idempotent:
     support: full
+    description: A second run with the same files writes nothing and reports C(changed=false).
 options:
   cert:
     description: PEM file with the server certificate (intermediates may follow it in the same file).
