@@ -95,6 +95,12 @@ options:
         description: Binding scope; must be a subset of O(agents[].capabilities). Defaults to the capabilities.
         type: list
         elements: str
+  rate_limit_wait:
+    description:
+      - The broker allows 30 C(publish-agent) calls per minute per client IP. On HTTP 429 the
+        module waits for C(Retry-After) and retries, for at most this many seconds in total per run.
+    type: int
+    default: 300
 requirements:
   - cryptography
 seealso:
@@ -145,6 +151,10 @@ actions:
   type: list
   elements: str
   sample: ["create org demo-acme", "upload org CA", "pin mastio public key", "publish agent demo-acme::buyer"]
+rate_limit_waited:
+  description: Seconds spent waiting for the publish-agent rate limit.
+  returned: always
+  type: int
 org_created:
   description: Whether the org was created by this run.
   returned: always
@@ -187,6 +197,7 @@ agents:
 """
 
 import os
+import time
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
@@ -194,6 +205,9 @@ from ansible_collections.cullis.broker.plugins.module_utils._broker import (
     BrokerClient, BrokerError, broker_argument_spec, path_quote)
 from ansible_collections.cullis.broker.plugins.module_utils import _org_identity as oid
 from ansible_collections.cullis.broker.plugins.module_utils._agent_client import AgentIdentity, publish_agent
+
+
+DEFAULT_RETRY_AFTER = 60
 
 
 class OnboardError(Exception):
@@ -217,6 +231,9 @@ class Onboarder(object):
                                % (self.dir.path, self.state.get('org_id'), self.org_id))
         self.secret = p['org_secret'] or self.dir.load_secret()
         self.secret_is_new = False
+        self.max_wait = p.get('rate_limit_wait', 300)
+        self.waited = 0
+        self.sleep = time.sleep
 
     # --- HTTP helpers ---------------------------------------------------------------------
     def org_headers(self):
@@ -345,6 +362,21 @@ class Onboarder(object):
         ident.save(adir)
         return ident, True
 
+    def publish(self, mastio_key, agent_id, ident, spec):
+        """publish-agent, waiting out its rate limit (30/min/IP) for at most rate_limit_wait seconds."""
+        while True:
+            resp = publish_agent(self.client, mastio_key, agent_id, ident.cert_pem.decode('ascii'),
+                                 capabilities=spec['capabilities'], display_name=spec['display_name'])
+            if resp.status != 429 or self.waited >= self.max_wait:
+                return resp
+            try:
+                pause = max(1, int(resp.headers.get('retry-after', DEFAULT_RETRY_AFTER)))
+            except ValueError:
+                pause = DEFAULT_RETRY_AFTER
+            pause = min(pause, self.max_wait - self.waited)
+            self.sleep(pause)
+            self.waited += pause
+
     def ensure_agent(self, spec, ca, mastio_key, bindings):
         agent_id = spec['agent_id']
         ident, new_cert = self.agent_identity(spec, ca, mastio_key)
@@ -361,8 +393,7 @@ class Onboarder(object):
         if binding is None or new_cert or published.get('cert_thumbprint') != out['cert_thumbprint']:
             self.act('publish agent %s' % agent_id)
             if not self.check:
-                resp = publish_agent(self.client, mastio_key, agent_id, ident.cert_pem.decode('ascii'),
-                                     capabilities=spec['capabilities'], display_name=spec['display_name'])
+                resp = self.publish(mastio_key, agent_id, ident, spec)
                 if resp.status != 200:
                     raise OnboardError("publishing agent %s failed: HTTP %s: %s" % (agent_id, resp.status, resp.detail))
                 self.state['agents'][agent_id] = {'cert_thumbprint': out['cert_thumbprint'],
@@ -432,6 +463,7 @@ def main():
         display_name=dict(type='str'),
         identity_dir=dict(type='path', required=True),
         org_secret=dict(type='str', no_log=True),
+        rate_limit_wait=dict(type='int', default=300),
         agents=dict(type='list', elements='dict', default=[], options=dict(
             name=dict(type='str', required=True),
             display_name=dict(type='str'),
@@ -466,7 +498,8 @@ def main():
         client.close()
     d = onboarder.dir
     result.update(changed=bool(onboarder.actions), actions=onboarder.actions, org_created=onboarder.org_created,
-                  ca_cert_path=d.file(oid.CA_FILE), org_secret_path=d.file(oid.SECRET_FILE), agents=agents)
+                  rate_limit_waited=onboarder.waited, ca_cert_path=d.file(oid.CA_FILE),
+                  org_secret_path=d.file(oid.SECRET_FILE), agents=agents)
     module.exit_json(**result)
 
 

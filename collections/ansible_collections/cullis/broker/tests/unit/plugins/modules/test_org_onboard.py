@@ -34,6 +34,7 @@ class FakeBroker(object):
         self.agents = {}
         self.bindings = []
         self.calls = []
+        self.publish_429 = 0
 
     @staticmethod
     def resp(status, body):
@@ -67,6 +68,9 @@ class FakeBroker(object):
             assert admin and body.get('mastio_pubkey'), 'an empty PATCH would clear the pin'
             self.orgs[parts[3]]['mastio'] = body['mastio_pubkey']
             return self.resp(200, {'org_id': parts[3], 'mastio_pubkey_set': True})
+        if path == '/v1/federation/publish-agent' and self.publish_429:
+            self.publish_429 -= 1
+            return BrokerResponse(429, {'retry-after': '60'}, b'{"detail": "Rate limit exceeded"}')
         if path == '/v1/federation/publish-agent':
             org = self.orgs[body['agent_id'].split('::')[0]]
             pub = serialization.load_pem_public_key(org['mastio'].encode())
@@ -233,3 +237,29 @@ def test_generated_certificates_follow_the_contract():
     ca.public_key().verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(hashes.SHA256()))
     assert oid.serial_hex(cert) == format(cert.serial_number, 'x')
     assert len(oid.new_org_secret().encode()) <= 72
+
+
+def test_publish_agent_rate_limit_is_waited_out(tmp_path):
+    broker = FakeBroker()
+    broker.publish_429 = 2
+    params = {'org_id': 'acme', 'display_name': None, 'identity_dir': str(tmp_path / 'acme'), 'org_secret': None,
+              'rate_limit_wait': 300}
+    ob = Onboarder(FakeModule(params), broker)
+    slept = []
+    ob.sleep = slept.append
+    agents = ob.run(specs('acme', 'a1'))
+    assert slept == [60, 60] and ob.waited == 120
+    assert agents[0]['binding_status'] == 'approved'
+
+
+def test_publish_agent_rate_limit_gives_up_after_the_budget(tmp_path):
+    broker = FakeBroker()
+    broker.publish_429 = 5
+    params = {'org_id': 'acme', 'display_name': None, 'identity_dir': str(tmp_path / 'acme'), 'org_secret': None,
+              'rate_limit_wait': 90}
+    ob = Onboarder(FakeModule(params), broker)
+    slept = []
+    ob.sleep = slept.append
+    with pytest.raises(OnboardError, match='publishing agent acme::a1 failed: HTTP 429'):
+        ob.run(specs('acme', 'a1'))
+    assert slept == [60, 30]
