@@ -85,6 +85,12 @@ class Org:
         return ac.AgentSession(BrokerClient(self.broker.url), self.broker.url, identity)
 
 
+@pytest.fixture(scope="session")
+def org_cls():
+    """The Org helper class (a fixture, not `from conftest import`: several conftest.py exist)."""
+    return Org
+
+
 @pytest.fixture
 def new_org(broker):
     def make(prefix: str = "org", **kw) -> Org:

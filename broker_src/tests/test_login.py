@@ -65,9 +65,8 @@ def _expect(resp, status, detail):
 
 
 @pytest.fixture(scope="module")
-def org_a(broker):
-    from conftest import Org
-    return Org(broker, "rejections").create()
+def org_a(broker, org_cls):
+    return org_cls(broker, "rejections").create()
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +172,7 @@ def test_mastio_rejections(org_a, agent_a, new_org):
             "/v1/admin/orgs/{id}/mastio-pubkey first.")
 
 
-def test_agent_state_rejections(org_a, new_org):
+def test_agent_state_rejections(org_a, new_org, org_cls):
     unbound = org_a.add_agent("unbound", approve=False)
     _expect(_login_raw(org_a, unbound), 403, "No approved binding for this agent and organization")
     ghost = org_a.identity("ghost", org_a.issue("ghost"))
@@ -190,8 +189,7 @@ def test_agent_state_rejections(org_a, new_org):
             "Certificate thumbprint mismatch — use the rotate-cert endpoint to update")
     noca = new_org("noca")
     # an org without CA: create a fresh org and skip the CA upload
-    from conftest import Org
-    bare = Org(noca.broker, noca.org_id + "bare")
+    bare = org_cls(noca.broker, noca.org_id + "bare")
     r = bare.admin.admin_post("/v1/registry/orgs", {"org_id": bare.org_id, "display_name": "x", "secret": bare.secret})
     assert r.status == 201
     ident = bare.identity("a", bare.issue("a"))

@@ -70,13 +70,12 @@ def test_session_and_messages_queued_then_pushed_across_workers(broker, new_org,
     assert a.request("POST", f"/v1/broker/sessions/{sid}/close").json()["status"] == "closed"
 
 
-def test_policy_default_deny(pg_server, redis_server, bao_server):
+def test_policy_default_deny(pg_server, redis_server, bao_server, org_cls):
     """Without POLICY_DEFAULT_DECISION=allow, opening a session is denied (403 Policy: ...)."""
-    from conftest import Org
     b = BrokerProcess(pg_server, redis_server, bao_server, env_overrides={"POLICY_DEFAULT_DECISION": "deny",
                                                                           "RATE_LIMIT_AUTH_PER_MINUTE": "1000"})
     try:
-        org = Org(b, "denyorg").create()
+        org = org_cls(b, "denyorg").create()
         x, y = org.add_agent("x"), org.add_agent("y")
         sx = org.session(x)
         sx.login()

@@ -95,7 +95,7 @@ def _get_html(b, path, cookie):
         return r.read().decode()
 
 
-def test_dashboard_setup_login_and_suspend(servers, ops_broker):
+def test_dashboard_setup_login_and_suspend(servers, ops_broker, org_cls):
     """Runbook 7 (admin lockout): setup with the Vault bootstrap token, login, suspend via the dashboard."""
     _pg, _redis, bao = servers
     token = vault_secret(bao)["data"]["admin_bootstrap_token"]
@@ -114,8 +114,7 @@ def test_dashboard_setup_login_and_suspend(servers, ops_broker):
     assert "HttpOnly" in cookie_header and "SameSite=strict" in cookie_header.replace("Strict", "strict")
     cookie = cookie_header.split(";")[0]
     # an org to suspend
-    from conftest import Org
-    org = Org(ops_broker, "dashorg").create()
+    org = org_cls(ops_broker, "dashorg").create()
     html = _get_html(ops_broker, "/dashboard/orgs", cookie)
     csrf = re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
     assert _form(ops_broker, f"/dashboard/orgs/{org.org_id}/suspend", {"csrf_token": "bad"}, cookie)[0] == 403
