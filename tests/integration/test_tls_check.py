@@ -181,6 +181,10 @@ def test_summary_counts_and_earliest_expiry(all_results):
     assert s["worst_status"] == "unknown"
     assert s["earliest_expiry"]["name"] == "expired"
     assert s["earliest_expiry"]["not_after"] == by_name["expired"]["not_after"]
+    # fail_on=never: every target that is not ok is also an Ansible warning
+    warnings = result.get("warnings", [])
+    assert len(warnings) == 9, warnings
+    assert "TLS days_20 warn: certificate expires in 19 days (warning under 30)" in warnings
 
 
 def test_fail_on_critical_fails_with_reasons_and_still_reports(farm):
