@@ -246,8 +246,8 @@ def test_plain_broker_needs_db_dsn_for_discovery_and_suspension(plain_broker, re
 
 # ---- the incident playbook ---------------------------------------------------------------------
 
-def run_compromise(target, org, identity_dir, env_file, verbosity=0):
-    return run_playbook(PLAYBOOK, inventory="inventories/local", verbosity=verbosity,
+def run_compromise(target, org, identity_dir, env_file, verbosity=0, check=False):
+    return run_playbook(PLAYBOOK, inventory="inventories/local", verbosity=verbosity, check=check,
                         extra_vars={"org_id": org, "identity_dir": str(identity_dir),
                                     "cullis_env_file": str(env_file), "cullis_broker_public_url": target.url})
 
@@ -277,6 +277,13 @@ def test_org_compromise_playbook(which, broker, plain_broker, redis_server, tmp_
     live.login()
     assert live.request("GET", "/v1/federation/agents").status == 200
     reset_rate_limits(redis_server)
+
+    plan = run_compromise(target, org, identity_dir, env_file, check=True)
+    assert plan.rc == 0 and plan.failed == 0, plan.output[-4000:]
+    planned = one(plan, "Recover - revoke every agent certificate of the org")["would_revoke"]
+    assert {t["serial_hex"] for t in planned} == serials
+    assert revoked_serials(target, org) == set() and org_status(target, org) == "active"
+    assert live.request("GET", "/v1/federation/agents").status == 200, "check mode invalidated tokens"
 
     first = run_compromise(target, org, identity_dir, env_file, verbosity=3)
     assert first.rc == 0 and first.failed == 0, first.output[-4000:]
