@@ -23,14 +23,16 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup_logging() -> logging.Logger:
+    """JSON on stdout for our logger and uvicorn's (server + access log: no headers, so no tokens)."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonFormatter())
+    handler._cullis = True
+    for name in ("cullis", "uvicorn", "uvicorn.error", "uvicorn.access"):
+        lg = logging.getLogger(name)
+        lg.handlers = [h for h in lg.handlers if getattr(h, "_cullis", False)] or [handler]
+        lg.propagate = False
     log = logging.getLogger("cullis")
-    if not any(getattr(h, "_cullis", False) for h in log.handlers):
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(JsonFormatter())
-        handler._cullis = True
-        log.addHandler(handler)
     log.setLevel(logging.INFO)
-    log.propagate = False
     return log
 
 

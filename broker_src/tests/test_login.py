@@ -27,6 +27,10 @@ def test_login_success_and_federation_agents(new_org, broker):
     assert r.status == 200, r.body
     assert r.json()["total"] == 1 and r.json()["agents"][0]["agent_id"] == agent.agent_id
     assert r.headers.get("dpop-nonce")
+    log = broker.log()
+    assert '"logger": "uvicorn.access"' in log  # JSON logs, uvicorn's included
+    for secret in (data["access_token"], broker.admin_secret, org.secret, broker.vault_token):
+        assert secret not in log
 
 
 # --- helpers to craft raw login requests -----------------------------------------------------------
