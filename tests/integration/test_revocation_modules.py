@@ -212,6 +212,21 @@ def test_binding_revoke_lists_and_revokes_one_agent(broker, small_org):
     assert_no_secrets(bad.output, "not-the-org-secret-xyz")
 
 
+def test_binding_revoke_through_the_database_without_org_credentials(broker, small_org):
+    """Runbook section 6 step 3 when the org secret is unknown or the org is already suspended."""
+    org, identity_dir = small_org["id"], small_org["dir"]
+    args = {"broker_url": broker.url, "org_id": org, "db_dsn": broker.env["DATABASE_URL"],
+            "agent_ids": [f"{org}::a05"]}
+    r = run_module("binding_revoke", args, verbosity=3)
+    assert not r.failed, r.result.get("msg")
+    assert r.changed and r.result["method"] == "database" and len(r.result["revoked"]) == 1
+    assert any("database" in w for w in r.result.get("warnings", []))
+    assert_no_secrets(r.output, broker.pg.password)
+    assert not run_module("binding_revoke", args).changed
+    status, detail = login_error(broker, identity_dir, "a05")
+    assert status == 403 and "No approved binding" in detail
+
+
 @pytest.mark.parametrize("which", ["extension", "database"])
 def test_org_state_suspend_and_reactivate(which, broker, plain_broker, redis_server, tmp_path):
     """Runbook section 6 step 4: suspension (extension or the dashboard's DB change) and reactivation."""
