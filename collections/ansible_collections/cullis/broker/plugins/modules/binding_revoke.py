@@ -162,8 +162,6 @@ def run_module():
                 db.close()
             module.fail_json(msg="nothing was revoked: %s (%s)" % (e, rejected), **result)
         result['method'] = 'database'
-        module.warn("%s; bindings are revoked in the database, which does not close sessions or invalidate "
-                    "tokens: run cullis.broker.agent_token_invalidate next" % rejected)
 
     result['bindings'] = bindings
     wanted = set(p['agent_ids']) if p['agent_ids'] is not None else None
@@ -178,6 +176,8 @@ def run_module():
         module.exit_json(**result)
 
     if db:
+        module.warn("%s; bindings are revoked in the database, which does not close sessions or invalidate "
+                    "tokens: run cullis.broker.agent_token_invalidate next" % rejected)
         try:
             result['revoked'] = db.revoke_bindings(org, [b['id'] for b in todo])
         except BrokerDBError as e:
