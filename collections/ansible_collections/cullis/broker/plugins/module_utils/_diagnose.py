@@ -31,6 +31,11 @@ _SUPERVISOR_SPAWN = re.compile(r"spawned: '(?P<name>[^']+)' with pid (?P<pid>\d+
 _SIGNALS = {'SIGHUP': 1, 'SIGINT': 2, 'SIGQUIT': 3, 'SIGABRT': 6, 'SIGKILL': 9, 'SIGSEGV': 11,
             'SIGPIPE': 13, 'SIGTERM': 15}
 _CAUSES = [
+    # a database that refuses the connection is a Postgres (or DATABASE_URL) fault even when the
+    # traceback runs through the migration runner
+    ('postgres', re.compile(r'password authentication failed|Connect call failed|Connection refused|could not connect|'
+                            r'InvalidPasswordError|InvalidCatalogNameError|database "[^"]*" does not exist|'
+                            r'role "[^"]*" does not exist|the database system is', re.I)),
     ('migrations', re.compile(r'alembic|migration|advisory lock|UndefinedTable|DuplicateTable', re.I)),
     ('vault', re.compile(r'vault|bootstrap token|private_key_pem|sealed', re.I)),
     ('postgres', re.compile(r'asyncpg|postgres|5432|password authentication failed|database .* does not exist|'
@@ -78,21 +83,25 @@ def restart_count(events):
     return max(spawns - 1, 0)
 
 
-def last_run(lines):
-    """The log lines of the last run: from the last startup marker's run on.
+def _is_run_marker(line):
+    return (line.startswith('cullis-launch:') or 'Started server process' in line
+            or 'LIFESPAN: validate_config' in line)
 
-    A run starts at the first startup marker after a non-marker stretch; we take the last
-    'Waiting for application startup' line, else the first 'LIFESPAN: validate_config' that
-    follows the previous run, else everything.
+
+def last_run(lines):
+    """The log lines of the last run of the service.
+
+    A run starts at a start marker: the process runtime launcher's `cullis-launch:` line (printed
+    on each start with a memory limit), uvicorn's 'Started server process', or the first
+    `LIFESPAN: validate_config`. Markers less than 8 lines apart belong to the same start.
+    Without any marker: every line.
     """
-    start = None
+    start = last_marker = None
     for i, line in enumerate(lines):
-        if 'Started server process' in line or 'LIFESPAN: validate_config' in line:
-            start = i
-    if start is None:
-        for i, line in enumerate(lines):
-            if 'Waiting for application startup' in line:
+        if _is_run_marker(line):
+            if last_marker is None or i - last_marker > 8:
                 start = i
+            last_marker = i
     return lines[start:] if start is not None else list(lines)
 
 

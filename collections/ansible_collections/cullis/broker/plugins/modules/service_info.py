@@ -287,9 +287,10 @@ def describe(name, status, svc_lines, sup_lines, redact, log_lines, stack_dir=''
         err, evidence = startup_error(svc_lines)
         info['evidence'] = redact.lines(evidence)
         info['traceback'] = redact.lines(last_traceback(run))
-        if exit_class in ('startup_failure', 'oom', 'crash') and err:
+        if exit_class in ('startup_failure', 'crash') and err:
             info['startup_error'] = redact(err)
-            info['startup_error_cause'] = classify_cause(' '.join(evidence))
+            cause = classify_cause(err)
+            info['startup_error_cause'] = cause if cause != 'unknown' else classify_cause(' '.join(evidence))
     return info
 
 

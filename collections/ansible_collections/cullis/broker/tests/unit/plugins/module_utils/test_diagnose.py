@@ -74,3 +74,21 @@ def test_exit_classes():
     assert d.classify_exit('fatal', None, spawn_error="can't find command") == 'never_started'
     assert d.shell_exit_code(None, 'SIGKILL') == 137
     assert d.shell_exit_code(3, None) == 3
+
+
+def test_connection_errors_are_postgres_even_in_migration_tracebacks():
+    line = ('LIFESPAN FAILED: DBAPIError: (sqlalchemy.dialects.postgresql.asyncpg.Error) '
+            'password authentication failed for user "atn"')
+    assert d.classify_cause(line) == 'postgres'
+    assert d.classify_cause('File "alembic/runtime/migration.py" ... ' + line) == 'postgres'
+
+
+def test_last_run_starts_at_the_launcher_line():
+    lines = (['cullis-launch: memory limit 512 MB via cgroup /x', 'INFO:     Started server process [1]',
+              'INFO:     Waiting for application startup.', 'LIFESPAN: validate_config',
+              'LIFESPAN FAILED: RuntimeError: old failure'] + ['noise'] * 10
+             + ['cullis-launch: memory limit 40 MB via cgroup /x'])
+    run = d.last_run(lines)
+    assert run == ['cullis-launch: memory limit 40 MB via cgroup /x']
+    assert d.startup_error(lines) == (None, [])
+    assert d.last_run(lines[:5])[0].startswith('cullis-launch')
