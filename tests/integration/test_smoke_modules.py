@@ -7,7 +7,6 @@ real PostgreSQL, Redis and OpenBao. No mocks.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 import uuid
@@ -17,24 +16,10 @@ from types import SimpleNamespace
 import pytest
 
 from testkit.ansible import run_module, run_playbook
-
-COLL = Path(__file__).resolve().parents[2] / "collections"
-
-
-def _client(broker):
-    import sys
-    if str(COLL) not in sys.path:
-        sys.path.insert(0, str(COLL))
-    from ansible_collections.cullis.broker.plugins.module_utils._broker import BrokerClient
-    return BrokerClient(broker.url, admin_secret=broker.admin_secret)
-
+from testkit.broker_orgs import admin_client, new_org_id, org_secret
 
 def conn(broker) -> dict:
     return {"broker_url": broker.url, "admin_secret": broker.admin_secret}
-
-
-def new_org(prefix: str) -> str:
-    return f"it-{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 def onboard(broker, org_id: str, identity_dir: Path, agents, **kw):
@@ -51,10 +36,6 @@ def login(broker, identity_dir: Path, agent: str, **kw):
     return run_module("agent_login", args, check=check, verbosity=verbosity)
 
 
-def org_secret(identity_dir: Path) -> str:
-    return (identity_dir / "org-secret").read_text().strip()
-
-
 def assert_no_secrets(output: str, *secrets):
     for s in secrets:
         assert s and s not in output, "a secret appeared in the ansible output"
@@ -64,7 +45,7 @@ def assert_no_secrets(output: str, *secrets):
 def org_a(broker, tmp_path_factory):
     """One org with three agents, onboarded once for the module's tests."""
     d = tmp_path_factory.mktemp("ids") / "org-a"
-    org_id = new_org("a")
+    org_id = new_org_id("it-a")
     r = onboard(broker, org_id, d, ["sender", "to-revoke-cert", "to-revoke-binding",
                                     {"name": "worker", "capabilities": ["orders.read"], "display_name": "Worker"}],
                 verbosity=3)
@@ -76,7 +57,7 @@ def org_a(broker, tmp_path_factory):
 @pytest.fixture(scope="module")
 def org_b(broker, tmp_path_factory):
     d = tmp_path_factory.mktemp("ids") / "org-b"
-    org_id = new_org("b")
+    org_id = new_org_id("it-b")
     r = onboard(broker, org_id, d, ["receiver"])
     assert not r.failed, r.result.get("msg")
     return {"id": org_id, "dir": d, "result": r}
@@ -93,7 +74,7 @@ def test_onboarding_creates_org_ca_mastio_agents_and_approved_bindings(broker, o
         assert Path(a["dir"], "cert.pem").exists()
         assert oct(os.stat(Path(a["dir"], "key.pem")).st_mode & 0o777) == "0o600"
     # The broker agrees: org active, bindings approved (read with the org's own credentials).
-    client = _client(broker)
+    client = admin_client(broker)
     org = client.admin_get(f"/v1/registry/orgs/{org_a['id']}")
     assert org.status == 200 and org.json()["status"] == "active"
     b = client.request("GET", "/v1/registry/bindings", query={"org_id": org_a["id"]},
@@ -116,11 +97,11 @@ def test_onboarding_again_is_idempotent_and_check_mode_agrees(broker, org_a):
 
 
 def test_check_mode_plans_a_new_org_without_creating_it(broker, tmp_path):
-    org_id = new_org("check")
+    org_id = new_org_id("it-check")
     r = onboard(broker, org_id, tmp_path / "c", ["x"], check=True)
     assert not r.failed, r.result.get("msg")
     assert r.changed and f"create org {org_id}" in r.result["actions"]
-    assert _client(broker).admin_get(f"/v1/registry/orgs/{org_id}").status == 404
+    assert admin_client(broker).admin_get(f"/v1/registry/orgs/{org_id}").status == 404
     assert not (tmp_path / "c").exists()
 
 
@@ -137,7 +118,7 @@ def test_existing_org_with_unknown_secret_is_refused(broker, org_a, tmp_path):
 
 def test_wrong_admin_secret_is_reported_without_echoing_it(broker, tmp_path):
     wrong = "wrong-admin-" + uuid.uuid4().hex
-    r = run_module("org_onboard", {"broker_url": broker.url, "admin_secret": wrong, "org_id": new_org("x"),
+    r = run_module("org_onboard", {"broker_url": broker.url, "admin_secret": wrong, "org_id": new_org_id("it-x"),
                                    "identity_dir": str(tmp_path / "x")}, verbosity=3)
     assert r.failed and "HTTP 403" in r.result["msg"] and "Invalid admin secret" in r.result["msg"]
     assert_no_secrets(r.output, wrong)
@@ -186,7 +167,7 @@ def test_revoked_certificate_login_is_401(broker, org_a):
     agent = [a for a in org_a["result"].result["agents"] if a["name"] == "to-revoke-cert"][0]
     before = login(broker, org_a["dir"], "to-revoke-cert", expect="failure")
     assert before.failed and "expected the broker to reject the login" in before.result["msg"]
-    resp = _client(broker).admin_post("/v1/admin/certs/revoke", {
+    resp = admin_client(broker).admin_post("/v1/admin/certs/revoke", {
         "serial_hex": agent["cert_serial_hex"], "org_id": org_a["id"], "agent_id": agent["agent_id"],
         "reason": "integration test"})
     assert resp.status == 200, resp.detail
@@ -198,7 +179,7 @@ def test_revoked_certificate_login_is_401(broker, org_a):
 
 def test_revoked_binding_login_is_403_and_onboarding_reapproves(broker, org_a):
     agent = [a for a in org_a["result"].result["agents"] if a["name"] == "to-revoke-binding"][0]
-    resp = _client(broker).request("POST", f"/v1/registry/bindings/{agent['binding_id']}/revoke",
+    resp = admin_client(broker).request("POST", f"/v1/registry/bindings/{agent['binding_id']}/revoke",
                                    headers={"x-org-id": org_a["id"], "x-org-secret": org_secret(org_a["dir"])})
     assert resp.status == 200, resp.detail
     # default expect=success: the task fails and names the broker's status and detail
