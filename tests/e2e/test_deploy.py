@@ -6,8 +6,11 @@ in conftest.py), with the real processes. Runs first among the e2e tests (confte
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import ssl
 import stat
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -48,8 +51,10 @@ def test_first_deploy_builds_the_whole_stack(stack):
     for key in ("ADMIN_SECRET", "DASHBOARD_SIGNING_KEY", "POSTGRES_PASSWORD", "REDIS_PASSWORD", "VAULT_TOKEN",
                 "DATABASE_URL", "REDIS_URL", "VAULT_ADDR", "BROKER_PUBLIC_URL"):
         assert env.get(key), f"{key} missing from .env"
-    for key in ("ADMIN_SECRET", "POSTGRES_PASSWORD", "REDIS_PASSWORD"):
-        assert "%" not in env[key] and len(env[key].encode()) <= 72
+    generated = [env[k] for k in ("ADMIN_SECRET", "DASHBOARD_SIGNING_KEY", "POSTGRES_PASSWORD", "REDIS_PASSWORD")]
+    assert len(set(generated)) == 4, "each secret must be generated on its own"
+    for value in generated:
+        assert "%" not in value and 20 <= len(value.encode()) <= 72
     assert env["DATABASE_URL"] == (f"postgresql+asyncpg://atn:{env['POSTGRES_PASSWORD']}@127.0.0.1:"
                                    f"{stack.ports['cullis_postgres_port']}/agent_trust")
     assert env["BROKER_PUBLIC_URL"] == stack.public_url
@@ -58,6 +63,14 @@ def test_first_deploy_builds_the_whole_stack(stack):
     keys = stack.vault_keys
     assert len(keys["unseal_keys_b64"]) == 5 and keys["unseal_threshold"] == 3
     assert stack.ca_path.is_file()
+    # the broker's scoped token: broker-policy, renewable, 720h
+    ctx = ssl.create_default_context(cafile=str(stack.ca_path))
+    req = urllib.request.Request(stack.vault_addr + "/v1/auth/token/lookup-self",
+                                 headers={"X-Vault-Token": env["VAULT_TOKEN"]})
+    with urllib.request.urlopen(req, context=ctx, timeout=10) as resp:
+        token = json.loads(resp.read())["data"]
+    assert "broker-policy" in token["policies"] and "root" not in token["policies"]
+    assert token["renewable"] is True and token["creation_ttl"] == 720 * 3600
 
 
 def test_smoke_passes_on_the_fresh_stack(stack):
