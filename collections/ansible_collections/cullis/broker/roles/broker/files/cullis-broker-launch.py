@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright (c) Cullis operations team
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Launcher of the broker under the process runtime (installed by the cullis.broker.broker role).
@@ -28,7 +27,7 @@ def read_env(path):
             line = line.strip()
             if not line or line.startswith('#') or '=' not in line:
                 continue
-            key, _, value = line.partition('=')
+            key, dummy, value = line.partition("=")
             value = value.strip()
             if len(value) >= 2 and value[0] == value[-1] and value[0] in '"\'':
                 value = value[1:-1]
