@@ -37,7 +37,8 @@ _PATTERNS = [
                 r'x-cullis-mastio-signature)["\']?\s*[:=]\s*["\']?)(?:(?:Bearer|DPoP)\s+)?(?P<secret>[^\s"\',}]+)',
                 re.IGNORECASE), None),
     # KEY=value / "key": "value" for secret-looking keys
-    (re.compile(r'(?P<pre>\b[A-Za-z_]*(?:SECRET|PASSWORD|PASSWD|TOKEN|PRIVATE_KEY)[A-Za-z_]*["\']?\s*[=:]\s*["\']?)'
+    # (the key must END with the secret word: `InvalidPasswordError: ...` is not a secret)
+    (re.compile(r'(?P<pre>\b[A-Za-z_]*(?:SECRET|PASSWORD|PASSWD|TOKEN|PRIVATE_KEY)["\']?\s*[=:]\s*["\']?)'
                 r'(?P<secret>[^\s"\',}]+)', re.IGNORECASE), None),
     # JWTs (three base64url segments, the first starting with eyJ)
     (re.compile(r'(?P<pre>)(?P<secret>eyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*)(?P<post>)'), None),

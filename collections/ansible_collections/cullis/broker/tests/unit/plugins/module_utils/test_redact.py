@@ -60,7 +60,8 @@ def test_innocent_lines_untouched():
     for line in ('LIFESPAN: ensure_bootstrapped (admin_secret)',
                  'READYZ FAIL [redis]: Connection refused',
                  'INFO:     Waiting for application startup.',
-                 'GET https://127.0.0.1:8443/health 200'):
+                 'GET https://127.0.0.1:8443/health 200',
+                 'asyncpg.exceptions.InvalidPasswordError: password authentication failed for user "atn"'):
         assert r(line) == line
 
 
