@@ -43,6 +43,7 @@ from ansible_collections.cullis.broker.plugins.module_utils._runtime import (  #
 def _e2e():
     spec = importlib.util.spec_from_file_location("cullis_e2e_conftest", REPO / "tests" / "e2e" / "conftest.py")
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses resolve annotations through sys.modules
     spec.loader.exec_module(mod)
     return mod
 
