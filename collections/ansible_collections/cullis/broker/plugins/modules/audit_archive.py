@@ -28,16 +28,19 @@ description:
     trigger is enabled. O(vacuum=true) then runs C(VACUUM) so the space is reusable."
   - V(verified) re-verifies an archive file against its manifest (checksum and chain).
 version_added: 1.0.0
-author: Cullis operations team
+author: Cullis operations team (!UNKNOWN)
 extends_documentation_fragment:
   - cullis.broker.postgres
 attributes:
   check_mode:
+    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
     details: Reports per org how many rows would be archived; nothing is written.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
   idempotent:
+    description: When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
     support: full
     details: With nothing older than O(older_than_days) left, nothing changes.
 options:
@@ -145,7 +148,6 @@ CREATE TABLE IF NOT EXISTS cullis_ops.audit_anchors (
 """
 # A superuser creates them for the owner of audit_log, so the broker's role can archive next time.
 ANCHOR_OWNER = "ALTER TABLE cullis_ops.audit_anchors OWNER TO %(owner)s;"
-
 
 
 def values_list(bounds):

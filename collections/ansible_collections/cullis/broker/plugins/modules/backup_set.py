@@ -25,13 +25,16 @@ description:
     never deleting the newest set whose Postgres backup is verified; V(latest) only reports the newest
     set (the newest verified one when O(verified_only=true)).
 version_added: 1.0.0
-author: Cullis operations team
+author: Cullis operations team (!UNKNOWN)
 attributes:
   check_mode:
+    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
   idempotent:
+    description: When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
     support: partial
     details: V(verified) and V(extracted) are idempotent; V(present) rewrites the set manifest.
 options:

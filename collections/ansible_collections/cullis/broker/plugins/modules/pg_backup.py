@@ -24,17 +24,20 @@ description:
   - V(pruned) applies O(keep_last) / O(keep_days) and never deletes the newest verified backup.
   - Plain C(.sql.gz) files made by the runbook's C(scripts/pg-backup.sh) (no manifest) restore too.
 version_added: 1.0.0
-author: Cullis operations team
+author: Cullis operations team (!UNKNOWN)
 extends_documentation_fragment:
   - cullis.broker.postgres
 attributes:
   check_mode:
+    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
     details: Reports the plan (file name, databases to create, rename or delete). In V(restored)
       and V(verified) the read-only integrity check of the backup file still runs.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
   idempotent:
+    description: When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
     support: partial
     details: V(pruned) is idempotent. V(present) takes a new backup on every run; V(restored)
       restores on every run.
@@ -199,7 +202,6 @@ import os
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 import zlib
 
@@ -437,8 +439,7 @@ class PgBackup(object):
             blocks = pb.decrypt_chunks(self.key, f, os.path.basename(path)) if encrypted else \
                 iter(lambda: f.read(pb.READ_SIZE), b'')
             if fmt != 'plain':
-                for b in blocks:
-                    yield b
+                yield from blocks
                 return
             d = zlib.decompressobj(16 + zlib.MAX_WBITS)
             for b in blocks:

@@ -20,16 +20,19 @@ description:
     Vault). This replaces all Vault data, so it needs O(confirm=true). Afterwards the cluster holds
     the source cluster's data, that is its tokens and, after a restart, its unseal keys.
 version_added: 1.0.0
-author: Cullis operations team
+author: Cullis operations team (!UNKNOWN)
 extends_documentation_fragment:
   - cullis.broker.vault
 attributes:
   check_mode:
+    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
     details: V(present) reports the file it would write; V(restored) checks the file and reports the plan.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
   idempotent:
+    description: When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
     support: none
     details: Every run takes a new snapshot or restores again.
 options:
@@ -254,7 +257,6 @@ class Job(object):
         finally:
             if tmp:
                 pb.remove_path(tmp)
-
 
     def _wait_sealed(self, seconds=10):
         """OpenBao seals itself shortly after a forced restore from another cluster."""
