@@ -55,8 +55,8 @@ options:
     aliases: [db]
   dest:
     description:
-      - Backup directory. Required for V(present) and V(pruned); for V(restored) and V(verified)
-        without O(path) the newest verified backup of O(database) in it is used (else the newest).
+      - Backup directory. Required for V(present) and V(pruned). For V(restored) without O(path) the
+        newest verified backup of O(database) in it is used (else the newest); for V(verified) the newest.
     type: path
   path:
     description: A backup file or directory, for V(restored) and V(verified).
@@ -385,7 +385,7 @@ class PgBackup(object):
             errf.close()
 
     # -- selection and integrity ----------------------------------------------------------------
-    def select(self):
+    def select(self, prefer_verified=True):
         path = self.p['path']
         if path:
             path = path.rstrip('/')
@@ -395,7 +395,7 @@ class PgBackup(object):
         backups = [b for b in pb.list_backups(self.dest_dir(), self.p['database']) if b['exists']]
         if not backups:
             raise pb.BackupError("no backup of database %s in %s" % (self.p['database'], self.p['dest']))
-        verified = [b for b in backups if pb.is_verified(b)]
+        verified = [b for b in backups if pb.is_verified(b)] if prefer_verified else []
         chosen = (verified or backups)[-1]
         self.plan.append("selected the newest %sbackup %s" % ('verified ' if verified else '', chosen['path']))
         return chosen['path'], pb.read_manifest(chosen['path'])
@@ -612,7 +612,7 @@ class PgBackup(object):
 
     # -- verified ------------------------------------------------------------------------------
     def verify(self):
-        path, manifest = self.select()
+        path, manifest = self.select(prefer_verified=False)
         self.result['backup_path'] = path
         self.result['manifest'] = manifest
         record = dict(status='failed', mode='quick' if self.p['quick'] else 'restore', at=None, error=None)
