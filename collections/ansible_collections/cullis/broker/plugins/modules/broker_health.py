@@ -26,17 +26,8 @@ description:
     C(until). Fails only on invalid options.
 author: Cullis operations team (!UNKNOWN)
 extends_documentation_fragment:
+  - cullis.broker.info_module
   - cullis.broker.broker
-attributes:
-  check_mode:
-    support: full
-    description: Read-only; runs the same probes in check mode.
-  diff_mode:
-    support: none
-    description: Reports state only; there is nothing to diff.
-  idempotent:
-    support: full
-    description: Read-only; repeated runs report the same and change nothing.
 options:
   check_admin:
     description:

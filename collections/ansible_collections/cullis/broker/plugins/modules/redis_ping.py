@@ -23,16 +23,8 @@ description:
     M(community.general.redis_info), which also fails outright on an auth error instead of
     classifying it.
 author: Cullis operations team (!UNKNOWN)
-attributes:
-  check_mode:
-    support: full
-    description: Read-only.
-  diff_mode:
-    support: none
-    description: Reports state only; there is nothing to diff.
-  idempotent:
-    support: full
-    description: Read-only; repeated runs report the same and change nothing.
+extends_documentation_fragment:
+  - cullis.broker.info_module
 options:
   host:
     description: Redis host.

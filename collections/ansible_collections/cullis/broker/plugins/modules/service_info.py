@@ -23,16 +23,8 @@ description:
   - Secrets are redacted from every returned log line - the values of secret keys in the stack's
     C(.env) and secret-shaped patterns (passwords in URLs, C(x-admin-secret), tokens, JWTs).
 author: Cullis operations team (!UNKNOWN)
-attributes:
-  check_mode:
-    support: full
-    description: Read-only.
-  diff_mode:
-    support: none
-    description: Reports state only; there is nothing to diff.
-  idempotent:
-    support: full
-    description: Read-only; repeated runs report the same and change nothing.
+extends_documentation_fragment:
+  - cullis.broker.info_module
 options:
   stack_dir:
     description: The stack directory (C(cullis_stack_dir)).
