@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+import yaml
 
 from testkit.ansible import run_module
 from testkit.pebble import PebbleServer
@@ -132,6 +133,60 @@ def test_acme_renews_through_nginx_http01(stack, tmp_path):
         assert not list((stack.dir / "acme-challenge").iterdir())
         again = stack.run(PLAYBOOK, extra_vars=acme)
         assert again.rc == 0 and again.changed == 0, again.output[-3000:]
+
+
+def test_tls_role_byoca_mode_installs_and_reloads_nginx(stack, tmp_path):
+    """The deploy's `tls` role with cullis_tls_mode=byoca: validated install, nginx reloaded by the
+    role's handler, then idempotent."""
+    root = CA.create("Deploy Operator Root")
+    leaf = root.server_cert("127.0.0.1", "localhost", days=300)
+    (tmp_path / "root.pem").write_bytes(root.cert_pem)
+    (tmp_path / "leaf.crt").write_bytes(leaf.cert_pem)
+    (tmp_path / "leaf.key").write_bytes(leaf.key_pem)
+    play = tmp_path / "tls-role.yml"
+    play.write_text(yaml.safe_dump([{
+        "name": "tls role in byoca mode", "hosts": "cullis_stack", "gather_facts": False,
+        "roles": [{"role": "cullis.broker.tls"}],
+    }]))
+    byoca = {"cullis_tls_mode": "byoca", "cullis_tls_byoca_cert": str(tmp_path / "leaf.crt"),
+             "cullis_tls_byoca_key": str(tmp_path / "leaf.key"), "cullis_tls_byoca_ca": str(tmp_path / "root.pem")}
+    first = stack.run(play, extra_vars=byoca)
+    assert first.rc == 0, first.output[-3000:]
+    assert "Reload nginx for new TLS material" in first.output
+    wait_for(lambda: served_fingerprint(stack) == fingerprint(leaf), 20, "nginx serving the operator's cert")
+    assert health_verified(stack, stack.dir / "tls" / "public-ca.pem") == 200
+    assert health_verified(stack, tmp_path / "root.pem") == 200
+    again = stack.run(play, extra_vars=byoca)
+    assert again.rc == 0 and again.changed == 0, again.output[-3000:]
+
+
+def test_monitor_renews_an_acme_certificate_under_warn_days(stack, tmp_path):
+    """playbooks/tls_monitor.yml -e renew=true (runbook section 5, Prevent: ACME renewal cron)."""
+    with PebbleServer(http_port=stack.ports["cullis_nginx_http_port"], validity_days=20) as pebble:
+        root = tmp_path / "pebble-root.pem"
+        root.write_bytes(pebble.issuer_root_pem())
+        acme = {"cullis_tls_mode": "acme", "cullis_tls_acme_directory": pebble.directory_url,
+                "cullis_tls_acme_directory_ca": str(pebble.api_ca_path), "cullis_tls_public_ca_path": str(root)}
+        expired = serve_expired(stack)
+        plain = stack.run("playbooks/tls_monitor.yml", extra_vars=acme, callback="default")
+        assert plain.rc != 0  # expired: the scheduler must alert
+        assert "TLS certificates need action now (runbook section 5)" in plain.output
+        assert "broker_public_url: ['certificate expired on" in plain.output
+        assert served_fingerprint(stack) == fingerprint(expired) and plain.changed == 0
+
+        renewed = stack.run("playbooks/tls_monitor.yml", extra_vars={**acme, "renew": True}, callback="default")
+        assert renewed.rc == 0, renewed.output[-3000:]
+        first = served_fingerprint(stack)
+        assert first != fingerprint(expired)
+        assert health_verified(stack, root) == 200
+        # Pebble issues for 20 days: under warn_days (30), so a warning, not a failure...
+        assert "TLS broker_public_url warn: certificate expires in 19 days" in renewed.output
+
+        # ...and the next scheduled run with renew=true renews it again.
+        again = stack.run("playbooks/tls_monitor.yml", extra_vars={**acme, "renew": True}, callback="default")
+        assert again.rc == 0, again.output[-3000:]
+        assert served_fingerprint(stack) not in (first, fingerprint(expired))
+        assert health_verified(stack, root) == 200
 
 
 def test_local_ca_reissues_and_the_stack_is_back_to_normal(stack):
