@@ -11,7 +11,6 @@ import json
 import subprocess
 from pathlib import Path
 
-import pytest
 
 from testkit import broker_db
 from testkit.ansible import run_module
@@ -22,25 +21,9 @@ from ansible_collections.cullis.broker.plugins.module_utils._audit_chain import 
 NOW = dt.datetime.now(dt.timezone.utc)
 
 
-@pytest.fixture(scope="module")
-def dbs():
-    # 25 entries per org, one every 2 days, from 60 days ago to 12 days ago
-    databases = broker_db.BrokerDatabases(prefix="a_", orgs=2, audit_per_org=25,
-                                          audit_start=NOW - dt.timedelta(days=60), audit_step=dt.timedelta(days=2))
-    yield databases
-    databases.cleanup()
-
-
-@pytest.fixture(scope="module")
-def pg(dbs):
-    return dbs.server
-
-
-@pytest.fixture
-def db(dbs):
-    name = dbs.fresh()
-    yield name
-    dbs.drop(name)
+# 25 entries per org, one every 2 days, from 60 days ago to 12 days ago
+dbs, pg, db = broker_db.make_fixtures("a_", orgs=2, audit_per_org=25, audit_start=NOW - dt.timedelta(days=60),
+                                      audit_step=dt.timedelta(days=2))
 
 
 def db_rows(pg, db):

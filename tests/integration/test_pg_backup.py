@@ -7,7 +7,6 @@ a migrated, seeded broker database.
 """
 from __future__ import annotations
 
-import fcntl
 import gzip
 import hashlib
 import json
@@ -24,23 +23,7 @@ from testkit.ansible import run_module
 from testkit.services import PG_BIN
 
 
-@pytest.fixture(scope="module")
-def dbs():
-    databases = broker_db.BrokerDatabases(prefix="t_", orgs=3, agents_per_org=4, audit_per_org=25)
-    yield databases
-    databases.cleanup()
-
-
-@pytest.fixture(scope="module")
-def pg(dbs):
-    return dbs.server
-
-
-@pytest.fixture
-def db(dbs):
-    name = dbs.fresh()
-    yield name
-    dbs.drop(name)
+dbs, pg, db = broker_db.make_fixtures("t_", orgs=3, agents_per_org=4, audit_per_org=25)
 
 
 @pytest.fixture
