@@ -34,14 +34,14 @@ def test_first_failure_stops_later_checks():
     comps = classify_checks({'database': 'ok', 'redis': 'error: Connection refused'})
     assert comps['redis'] == {'state': 'error', 'detail': 'Connection refused'}
     assert comps['kms']['state'] == 'unchecked'
-    healthy, _, problems = assess({'status': 200}, _readyz(503, 'not_ready', {}), comps, TLS_OK)
+    healthy, dummy, problems = assess({'status': 200}, _readyz(503, 'not_ready', {}), comps, TLS_OK)
     assert not healthy
     assert any('redis check failed' in p for p in problems)
 
 
 def test_unreachable_tls_and_admin_problems():
     comps = classify_checks({})
-    healthy, _, problems = assess({'status': None, 'error': 'refused'}, _readyz(None, None, {}), comps,
+    healthy, dummy, problems = assess({'status': None, 'error': 'refused'}, _readyz(None, None, {}), comps,
                                   {'scheme': 'https', 'verified': False, 'error': 'bad cert'},
                                   {'state': 'rejected', 'status': 403})
     assert not healthy
