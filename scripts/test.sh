@@ -28,7 +28,7 @@ run_sanity() { (cd "$COLL" && ansible-test sanity --python 3.11 --local --color 
 run_units() { (cd "$COLL" && ansible-test units --python 3.11 --local --color no); }
 run_pytest() {
   # broker_src tests, module integration tests and end-to-end stack tests, all on real services.
-  pytest -p no:cacheprovider broker_src/tests tests
+  pytest -p no:cacheprovider --durations=30 broker_src/tests tests
 }
 
 case "$what" in
