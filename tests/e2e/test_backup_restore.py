@@ -15,6 +15,8 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -169,7 +171,9 @@ def test_postgres_down_corruption_restores_newest_verified_backup(stack):
 def test_dr_drill_restores_into_staging_and_smoke_passes(stack, tmp_path):
     """Backups — the quarterly drill: restore Postgres + Vault into staging, smoke test passes."""
     backup(stack)
-    staging_dir = tmp_path / "staging"
+    base = Path(tempfile.mkdtemp(prefix="cullis-dr-"))
+    base.chmod(0o755)  # the postgres OS user must traverse it
+    staging_dir = base / "staging"
     ports: set[int] = set(stack.ports.values())
     extra = {}
     for name in stack.ports:  # the same port variables, other free ports
@@ -179,10 +183,17 @@ def test_dr_drill_restores_into_staging_and_smoke_passes(stack, tmp_path):
         ports.add(port)
         extra[name] = port
     extra.update(cullis_stack_dir=str(staging_dir), dr_source_stack_dir=str(stack.dir), **stack.extra_vars)
-    res = run_playbook("playbooks/dr_drill.yml", inventory="inventories/staging-local", extra_vars=extra,
-                       timeout=3600)
-    assert res.rc == 0, res.output[-4000:]
-    assert "DR DRILL PASS" in res.output and "smoke test passed" in res.output
+    try:
+        res = run_playbook("playbooks/dr_drill.yml", inventory="inventories/staging-local", extra_vars=extra,
+                           timeout=3600)
+    finally:
+        if staging_dir.exists():  # the drill tears staging down itself; this only runs if it could not
+            run_playbook("playbooks/down.yml", inventory="inventories/staging-local",
+                         extra_vars=dict(extra, purge=True), timeout=600)
+        shutil.rmtree(base, ignore_errors=True)
+    report = [r.get("msg") for r in res.task_results("DR drill report")]
+    assert res.rc == 0, report or res.output[-4000:]
+    assert "DR DRILL PASS" in str(report) and "smoke test passed" in str(report)
     assert_no_secret(stack, res)
     assert not staging_dir.exists()
     assert_ready(stack)
