@@ -100,8 +100,8 @@ def test_evaluate_thresholds(over, status):
 
 
 def test_expired_reports_one_problem_not_a_duplicate_chain_error():
-    problems = _tls.evaluate(_facts(expired=True, days_left=-3, chain_valid=False,
-                                       chain_error='certificate expired on X'), 30, 14)[1]
+    facts = _facts(expired=True, days_left=-3, chain_valid=False, chain_error='certificate expired on X')
+    problems = _tls.evaluate(facts, 30, 14)[1]
     assert problems == ['certificate expired on X']
 
 
