@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -166,8 +165,6 @@ def test_postgres_down_corruption_restores_newest_verified_backup(stack):
             shutil.rmtree(d, ignore_errors=True)
 
 
-@pytest.mark.skipif(os.environ.get("CULLIS_E2E_DR_DRILL") != "1",
-                    reason="deploys a second full stack (~8 min on 2 cores); set CULLIS_E2E_DR_DRILL=1")
 def test_dr_drill_restores_into_staging_and_smoke_passes(stack, tmp_path):
     """Backups — the quarterly drill: restore Postgres + Vault into staging, smoke test passes."""
     backup(stack)
