@@ -42,8 +42,8 @@ def test_first_failure_stops_later_checks():
 def test_unreachable_tls_and_admin_problems():
     comps = classify_checks({})
     healthy, dummy, problems = assess({'status': None, 'error': 'refused'}, _readyz(None, None, {}), comps,
-                                  {'scheme': 'https', 'verified': False, 'error': 'bad cert'},
-                                  {'state': 'rejected', 'status': 403})
+                                      {'scheme': 'https', 'verified': False, 'error': 'bad cert'},
+                                      {'state': 'rejected', 'status': 403})
     assert not healthy
     text = ' '.join(problems)
     assert 'unreachable' in text and 'TLS' in text and 'admin secret rejected' in text
