@@ -64,7 +64,9 @@ async def ensure_bootstrapped() -> None:
             event("first boot: generated the broker signing key (RSA 2048) and CA certificate; stored in Vault")
     state.keys = SigningKeys(private_pem, ca_pem, data.get("public_key_pem"))
     user_set = data.get("admin_password_user_set") == "true"
-    if user_set and not (data.get("admin_secret_hash") or "").startswith("$2"):
+    # Quirk admin_lockout (real brokers): a blanked hash with user_set="true" re-opens nothing; the
+    # dashboard login then fails with 500 "Invalid salt" and /dashboard/setup says it is complete.
+    if user_set and not settings.quirk("admin_lockout") and not (data.get("admin_secret_hash") or "").startswith("$2"):
         # Runbook "Admin lockout" (a): the operator blanked admin_secret_hash. Re-open first-run setup
         # instead of leaving a dashboard nobody can log in to (real brokers stay locked out).
         patch["admin_password_user_set"] = "false"
@@ -83,7 +85,14 @@ async def ensure_bootstrapped() -> None:
 
 
 async def check_kms() -> None:
-    """Live KMS check for /readyz: the secret must be readable and hold the signing key."""
+    """Live KMS check for /readyz: the secret must be readable and hold the signing key.
+
+    Quirk vault_cached (real brokers, contract section 2 "At runtime"): the keys fetched once are
+    cached for the process lifetime and the check only looks at the cache, so a sealed Vault or a
+    revoked token stays invisible (`kms: ok`) until the next start, which then fails (exit 3).
+    """
+    if settings.quirk("vault_cached") and state.keys is not None:
+        return
     try:
         data, _ = await state.kv.read(quiet=True)
     except VaultError as e:
@@ -95,7 +104,7 @@ async def check_kms() -> None:
 
 
 async def init_redis() -> None:
-    state.store = Store(settings.redis_url)
+    state.store = Store(settings.redis_url, environment=settings.environment)
     if not state.store.configured:
         event("REDIS_URL is empty: DPoP replay store and rate limits are in memory (single process only)",
               level=30)
@@ -104,4 +113,10 @@ async def init_redis() -> None:
     try:
         await state.store.ping()
     except Exception as e:  # noqa: BLE001 - reported, not silently replaced by memory (see README)
+        if settings.quirk("redis_fallback"):
+            # Real brokers (contract section 5): silently in memory for the process lifetime;
+            # /readyz then says redis "not_configured" and production logins answer 500.
+            await state.store.close()
+            state.store = Store("", environment=settings.environment)
+            return
         stderr(f"WARNING: Redis is unreachable at startup ({type(e).__name__}); /readyz reports it until it is back")

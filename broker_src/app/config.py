@@ -33,6 +33,24 @@ def _env() -> dict[str, str]:
     return merged
 
 
+# CULLIS_REAL_BROKER_QUIRKS: behave like deployed real brokers (README.md, "Quirks mode").
+QUIRKS = ("write_race", "sigterm_ignored", "vault_cached", "redis_fallback", "no_extensions",
+          "verbatim_serials", "reapprove_500", "admin_lockout")
+
+
+def parse_quirks(value: str | None) -> frozenset[str]:
+    """`all`, or a comma list of QUIRKS names; empty/unset/`none` = off. Unknown names are fatal."""
+    names = {n.strip().lower() for n in (value or "").split(",") if n.strip()}
+    if names <= {"none", "off"}:
+        return frozenset()
+    if "all" in names:
+        return frozenset(QUIRKS)
+    unknown = sorted(names - set(QUIRKS))
+    if unknown:
+        raise RuntimeError(f"CULLIS_REAL_BROKER_QUIRKS: unknown quirk(s) {unknown}; known: all, {', '.join(QUIRKS)}")
+    return frozenset(names)
+
+
 def _bool(value: str | None, default: bool) -> bool:
     if value is None or value == "":
         return default
@@ -68,12 +86,14 @@ class Settings:
     extensions: bool = True
     rate_limit_auth_per_minute: int = 10
     drain_grace_seconds: float = 3.0
+    quirks: frozenset = frozenset()
     raw: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_env(cls) -> "Settings":
         e = _env()
         g = e.get
+        quirks = parse_quirks(g("CULLIS_REAL_BROKER_QUIRKS"))
         return cls(
             database_url=g("DATABASE_URL") or "sqlite+aiosqlite:///./agent_trust.db",
             redis_url=g("REDIS_URL", ""),
@@ -98,11 +118,17 @@ class Settings:
             require_spiffe_san=_bool(g("REQUIRE_SPIFFE_SAN"), False),
             broker_ca_key_path=g("BROKER_CA_KEY_PATH") or "certs/broker-ca-key.pem",
             broker_ca_cert_path=g("BROKER_CA_CERT_PATH") or "certs/broker-ca.pem",
-            extensions=_bool(g("CULLIS_EXTENSIONS"), True),
+            extensions=_bool(g("CULLIS_EXTENSIONS"), True) and "no_extensions" not in quirks,
             rate_limit_auth_per_minute=int(g("RATE_LIMIT_AUTH_PER_MINUTE") or 10),
             drain_grace_seconds=float(g("DRAIN_GRACE_SECONDS") or 3),
+            quirks=quirks,
             raw=e,
         )
+
+    def quirk(self, name: str) -> bool:
+        """True when CULLIS_REAL_BROKER_QUIRKS asks for the real brokers' behaviour `name`."""
+        assert name in QUIRKS, name
+        return name in self.quirks
 
     def validate(self) -> None:
         """Fatal configuration checks (exit 1 at import for the admin secret, like real brokers)."""

@@ -45,19 +45,29 @@ def _install_signal_handlers(loop: asyncio.AbstractEventLoop) -> None:
             if state.draining:
                 return
             state.draining = True
+            if state.settings.quirk("sigterm_ignored"):
+                # Real brokers (contract section 1 "Signals"): drain mode only, uvicorn never hears
+                # of the signal, the process keeps serving until SIGKILL.
+                stderr(f"DRAIN: {signal.Signals(sig).name} received; /readyz is 503 draining")
+                asyncio.ensure_future(_close_websockets())
+                return
             stderr(f"DRAIN: {signal.Signals(sig).name} received; /readyz is 503 draining, exiting in "
                    f"{state.settings.drain_grace_seconds:g} s")
             asyncio.ensure_future(_drain_then_exit(sig, previous))
         loop.add_signal_handler(sig, handler)
 
 
-async def _drain_then_exit(sig, previous) -> None:
+async def _close_websockets() -> None:
     for agent_id in list(state.websockets):
         for ws in list(state.websockets.pop(agent_id, ())):
             try:
                 await ws.close(code=1012)
             except Exception:  # noqa: BLE001
                 pass
+
+
+async def _drain_then_exit(sig, previous) -> None:
+    await _close_websockets()
     await asyncio.sleep(state.settings.drain_grace_seconds)
     loop = asyncio.get_running_loop()
     loop.remove_signal_handler(sig)
@@ -103,7 +113,9 @@ async def lifespan(app: FastAPI):
         _install_signal_handlers(asyncio.get_running_loop())
         stderr("LIFESPAN: startup steps complete")
         event("broker started", version=settings.app_version, redis=state.store.configured,
-              kms=settings.kms_backend, extensions=settings.extensions)
+              kms=settings.kms_backend, extensions=settings.extensions, quirks=sorted(settings.quirks))
+        if settings.quirks:
+            stderr(f"QUIRKS: behaving like deployed real brokers: {', '.join(sorted(settings.quirks))}")
     except BaseException as e:
         stderr(f"LIFESPAN FAILED: {type(e).__name__}: {e}")
         traceback.print_exc(file=sys.stderr)

@@ -114,12 +114,15 @@ mastio_audit_replica = sa.Table(
 
 federation_events = sa.Table(
     "federation_events", metadata,
-    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=True),
-    sa.Column("event_type", sa.String(64), nullable=False),
+    sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=True),
     sa.Column("org_id", sa.String(128)),
+    # Per-org sequence: max(seq)+1 of the org, unique per org (contract section 6, point 20).
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("event_type", sa.String(64), nullable=False),
     sa.Column("agent_id", sa.String(256)),
     sa.Column("payload_json", sa.Text, nullable=False, server_default="{}"),
     sa.Column("created_at", TS, nullable=False),
+    sa.UniqueConstraint("org_id", "seq", name="uq_federation_events_org_seq"),
 )
 
 invite_tokens = sa.Table(

@@ -30,7 +30,19 @@ def org_out(row) -> dict:
 
 
 async def federation_event(conn, event_type: str, org_id: str | None, agent_id: str | None = None, **payload):
-    await conn.execute(federation_events.insert().values(event_type=event_type, org_id=org_id, agent_id=agent_id,
+    """Append an event to the org's federation log: seq = max(seq)+1 of the org, unique per org.
+
+    We take a per-org transaction advisory lock first, so concurrent writes for one org queue up.
+    Quirk `write_race` (real brokers, contract section 6 point 20): no lock, so two concurrent
+    transactions read the same max(seq); the second insert waits for the first to commit, then
+    fails on the unique (org_id, seq) index: the whole write is rolled back and answered 500.
+    """
+    if not state.settings.quirk("write_race"):
+        await conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": f"fedev:{org_id}"})
+    last = (await conn.execute(sa.select(sa.func.max(federation_events.c.seq))
+                               .where(federation_events.c.org_id == org_id))).scalar()
+    await conn.execute(federation_events.insert().values(event_type=event_type, org_id=org_id, seq=(last or 0) + 1,
+                                                         agent_id=agent_id,
                                                          payload_json=json.dumps(payload, default=str),
                                                          created_at=utcnow()))
 
@@ -258,6 +270,10 @@ async def approve_binding(binding_id: int, org=Depends(require_org)):
     async with state.engine.begin() as conn:
         row = await _owned_binding(conn, binding_id, org.org_id)
         if row.status == "approved":
+            if state.settings.quirk("reapprove_500"):
+                # Real brokers: the approval path dereferences state that only a pending/revoked
+                # binding has; the exception surfaces as a bare 500 (contract section 6, point 11).
+                raise RuntimeError(f"binding {binding_id} is already approved")
             # Real brokers answer 500 here; we say what happened (documented in README.md).
             fail(409, "Binding already approved")
         res = await conn.execute(bindings.update().where(bindings.c.id == binding_id).values(
@@ -323,7 +339,8 @@ class CertRevoke(BaseModel):
 
 @router.post("/v1/admin/certs/revoke", dependencies=[Depends(require_admin)])
 async def revoke_cert(body: CertRevoke):
-    serial = normalize_serial(body.serial_hex)
+    # Quirk verbatim_serials (real brokers, contract section 3): nothing validated, stored as given.
+    serial = body.serial_hex if state.settings.quirk("verbatim_serials") else normalize_serial(body.serial_hex)
     now = utcnow()
     not_after = body.cert_not_after or now + dt.timedelta(days=365)
     if not_after.tzinfo is None:

@@ -12,8 +12,9 @@ import redis.asyncio as aioredis
 
 
 class Store:
-    def __init__(self, url: str):
+    def __init__(self, url: str, environment: str = "development"):
         self.url = url
+        self.environment = environment
         self.redis: aioredis.Redis | None = None
         self._mem_jti: dict[str, float] = {}
         self._mem_rl: dict[str, list[float]] = {}
@@ -32,6 +33,9 @@ class Store:
         """True the first time a jti is seen (SET NX EX), False on replay."""
         if self.redis is not None:
             return bool(await self.redis.set(f"dpop:jti:{jti}", "1", nx=True, ex=ttl))
+        if self.environment == "production":
+            # Contract section 1: production refuses the in-memory DPoP replay store at runtime.
+            raise RuntimeError("in-memory DPoP replay store is refused in production (REDIS_URL unusable)")
         now = time.time()
         if len(self._mem_jti) > 10000:
             self._mem_jti = {k: v for k, v in self._mem_jti.items() if v > now}
