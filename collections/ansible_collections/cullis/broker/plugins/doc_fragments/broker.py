@@ -40,6 +40,23 @@ options:
       - Seconds to wait for each HTTP request.
     type: float
     default: 10
+  retries:
+    description:
+      - How many times an idempotent write (binding and certificate revocation, token
+        invalidation, org suspension/reactivation/approval) is sent again after a 5xx answer or a
+        connection error, with bounded exponential backoff (0.5 s doubling, at most 5 s per wait,
+        +-50 % jitter). V(0) disables it. Reads and other writes are never retried.
+      - Real brokers answer 500 to concurrent writes for one org and roll them back (contract
+        section 6, point 20), so a retry is safe and usually succeeds.
+      - Every retry is listed in the module result as C(retries) where the module returns it.
+    type: int
+    default: 3
+  retry_action:
+    description:
+      - V(warn) reports each retry as a warning; V(ignore) only lists it in the result.
+    type: str
+    choices: [warn, ignore]
+    default: warn
 notes:
   - Set these options once per play with C(module_defaults) and the action group
     C(group/cullis.broker.broker).

@@ -14,9 +14,12 @@ __metaclass__ = type
 
 import json
 import os
+import random
+import re
 import socket
 import ssl
 import threading
+import time
 
 try:  # Python 3
     import http.client as http_client
@@ -36,11 +39,44 @@ def broker_argument_spec(admin_secret_required=False):
         ca_path=dict(type='path', aliases=['ca_cert'], fallback=(env_fallback, ['CULLIS_CA_PATH'])),
         validate_certs=dict(type='bool', default=True),
         timeout=dict(type='float', default=10),
+        retries=dict(type='int', default=3),
+        retry_action=dict(type='str', default='warn', choices=['warn', 'ignore']),
     )
 
 
+# Broker writes that are safe to repeat (contract broker-api.md section 3): repeating one after a
+# 5xx or a lost connection either does it now or finds it done (200 again, or 409 "already ...").
+# Real brokers answer 500 to concurrent writes for one org and roll them back (section 6, point 20).
+IDEMPOTENT_WRITES = (
+    ('POST', re.compile(r'^/v1/registry/bindings/\d+/revoke$')),
+    ('POST', re.compile(r'^/v1/admin/certs/revoke$')),
+    ('POST', re.compile(r'^/v1/auth/revoke-agent/[^/]+$')),
+    ('POST', re.compile(r'^/v1/admin/orgs/[^/]+/(suspend|reactivate|approve)$')),
+)
+RETRY_STATUSES = (500, 502, 503, 504)
+RETRY_BASE_DELAY = 0.5   # seconds; doubled per attempt, +-50 % jitter
+RETRY_MAX_DELAY = 5.0    # cap of one wait
+
+
+def is_idempotent_write(method, path):
+    return any(method == m and rx.match(path) for m, rx in IDEMPOTENT_WRITES)
+
+
+def retry_delay(attempt):
+    """Bounded exponential backoff with jitter before retry number `attempt` (1, 2, ...)."""
+    base = min(RETRY_BASE_DELAY * (2 ** (attempt - 1)), RETRY_MAX_DELAY)
+    return base * random.uniform(0.5, 1.5)
+
+
 class BrokerError(Exception):
-    """A transport-level failure (unreachable, TLS) with a message fit for an operator."""
+    """A transport-level failure (unreachable, TLS) with a message fit for an operator.
+
+    `retryable` is true for connection failures (refused, reset, timeout), false for TLS errors.
+    """
+
+    def __init__(self, msg, retryable=False):
+        super(BrokerError, self).__init__(msg)
+        self.retryable = retryable
 
 
 class BrokerResponse(object):
@@ -65,9 +101,15 @@ class BrokerResponse(object):
 
 
 class BrokerClient(object):
-    """Keep-alive HTTP(S) client for one broker base URL; safe to share between threads."""
+    """Keep-alive HTTP(S) client for one broker base URL; safe to share between threads.
 
-    def __init__(self, base_url, admin_secret=None, ca_path=None, validate_certs=True, timeout=10.0):
+    Idempotent writes (IDEMPOTENT_WRITES, or `request(..., idempotent=True)`) that get a 5xx or a
+    connection error are sent again up to `retries` times with bounded backoff; every retry is
+    recorded in `.retried` (for the module result) and, with `warn`, reported as a warning.
+    """
+
+    def __init__(self, base_url, admin_secret=None, ca_path=None, validate_certs=True, timeout=10.0,
+                 retries=0, warn=None):
         parts = urlsplit(base_url.rstrip('/'))
         if parts.scheme not in ('http', 'https') or not parts.hostname:
             raise BrokerError("broker_url %r is not an http(s) URL" % base_url)
@@ -78,6 +120,10 @@ class BrokerClient(object):
         self.prefix = parts.path.rstrip('/')
         self.admin_secret = admin_secret
         self.timeout = timeout
+        self.retries = max(0, int(retries or 0))
+        self.retried = []
+        self._warn = warn
+        self._retry_lock = threading.Lock()
         self._local = threading.local()
         self._ssl = None
         if self.scheme == 'https':
@@ -93,7 +139,9 @@ class BrokerClient(object):
         p = module.params
         try:
             return cls(p['broker_url'], admin_secret=p.get('admin_secret'), ca_path=p.get('ca_path'),
-                       validate_certs=p.get('validate_certs', True), timeout=p.get('timeout') or 10)
+                       validate_certs=p.get('validate_certs', True), timeout=p.get('timeout') or 10,
+                       retries=p.get('retries') or 0,
+                       warn=module.warn if p.get('retry_action', 'warn') == 'warn' else None)
         except BrokerError as e:
             module.fail_json(msg=str(e))
 
@@ -113,11 +161,40 @@ class BrokerClient(object):
             conn.close()
             self._local.conn = None
 
-    def request(self, method, path, body=None, headers=None, admin=False, query=None):
+    def request(self, method, path, body=None, headers=None, admin=False, query=None, idempotent=None):
         """Send one request; returns BrokerResponse for any HTTP status, raises BrokerError otherwise.
 
         A request on a reused connection that the server closed meanwhile is retried once on a new one.
+        An idempotent write (`idempotent=None`: decided by IDEMPOTENT_WRITES) is also retried on a
+        5xx answer or a connection error, `self.retries` times at most, with bounded backoff.
         """
+        if idempotent is None:
+            idempotent = is_idempotent_write(method, path)
+        attempts = 1 + (self.retries if idempotent else 0)
+        for attempt in range(1, attempts + 1):
+            try:
+                resp = self._send(method, path, body, headers, admin, query)
+            except BrokerError as e:
+                if not e.retryable or attempt == attempts:
+                    raise
+                outcome = str(e)
+            else:
+                if resp.status not in RETRY_STATUSES or attempt == attempts:
+                    return resp
+                outcome = "HTTP %s %s" % (resp.status, resp.detail[:200])
+            delay = retry_delay(attempt)
+            self._record_retry(method, path, attempt, attempts - 1, outcome, delay)
+            time.sleep(delay)
+
+    def _record_retry(self, method, path, attempt, retries, outcome, delay):
+        entry = dict(method=method, path=path, retry=attempt, outcome=outcome, delay=round(delay, 2))
+        with self._retry_lock:
+            self.retried.append(entry)
+        if self._warn:
+            self._warn("%s %s: %s; retry %d of %d in %.1f s (the write is idempotent)"
+                       % (method, path, outcome, attempt, retries, delay))
+
+    def _send(self, method, path, body, headers, admin, query):
         hdrs = {'Accept': 'application/json'}
         if admin:
             if not self.admin_secret:
@@ -143,14 +220,15 @@ class BrokerClient(object):
                     ConnectionResetError) as e:
                 self.close()
                 if attempt == 2:
-                    raise BrokerError("%s %s%s: connection lost (%s)" % (method, self.base_url, path, e))
+                    raise BrokerError("%s %s%s: connection lost (%s)" % (method, self.base_url, path, e),
+                                      retryable=True)
             except ssl.SSLError as e:
                 self.close()
                 raise BrokerError("TLS error talking to %s: %s (check ca_path / validate_certs)"
                                   % (self.base_url, getattr(e, 'reason', None) or e))
             except (socket.timeout, OSError) as e:
                 self.close()
-                raise BrokerError("broker %s is unreachable: %s" % (self.base_url, e))
+                raise BrokerError("broker %s is unreachable: %s" % (self.base_url, e), retryable=True)
 
     def admin_get(self, path, query=None):
         return self.request('GET', path, admin=True, query=query)

@@ -88,6 +88,13 @@ method:
   description: How the change was made - C(extension), C(database), C(approve), or null when nothing changed.
   returned: always
   type: str
+retries:
+  description:
+    - Every retry of the suspension/approval call after a 5xx answer or a connection error (C(method),
+      C(path), C(retry), C(outcome), C(delay)); see O(retries).
+  returned: always
+  type: list
+  elements: dict
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -102,8 +109,8 @@ from ansible_collections.cullis.broker.plugins.module_utils._org import (
 def suspend(module, client, org):
     """Returns the method used; fails the module with a clear message otherwise."""
     resp = client.admin_post('/v1/admin/orgs/%s/suspend' % path_quote(org))
-    if resp.status in (200, 204):
-        return 'extension'
+    if resp.status in (200, 204) or (resp.status == 409 and client.retried):
+        return 'extension'  # 409 after a retry: the lost first attempt did it (status is read back)
     if not is_missing_route(resp):
         module.fail_json(msg=admin_failure(resp, "suspending %r" % org))
     if not module.params['db_dsn']:
@@ -146,7 +153,8 @@ def run_module():
         before = get_org(client, org).get('status')
     except OrgError as e:
         module.fail_json(msg=str(e))
-    result = dict(changed=before != wanted, previous_status=before, status=before, method=None)
+    result = dict(changed=before != wanted, previous_status=before, status=before, method=None,
+                  retries=client.retried)
     if module._diff:
         result['diff'] = dict(before=dict(status=before), after=dict(status=wanted))
     if not result['changed'] or module.check_mode:
