@@ -9,11 +9,27 @@ the supervisord itself by its pid file if the playbook could not).
 Tests that break the stack (stop a service, seal Vault, revoke an org, ...) must leave it
 healthy again: the next test gets the same stack.
 
-Environment knobs (all optional):
-- CULLIS_BROKER_SRC: the broker source tree to deploy (default broker_src/ of the repository).
+`quirks_stack` (module scope, used by test_quirks.py) is a second stack of the same broker
+source whose broker runs with `CULLIS_REAL_BROKER_QUIRKS` (broker_src/README.md, "Quirks mode"):
+it behaves like a deployed real Cullis broker (per-org write race, SIGTERM ignored, Vault cached,
+Redis fallback, no extensions, verbatim serials, re-approve 500, admin-lockout trap). It reuses
+the broker venv of `stack` when that one is deployed in the same session (same source and pip
+packages), so it costs a deploy without the pip install.
+
+Environment knobs (all optional; they apply to both stacks):
+- CULLIS_BROKER_SRC: the broker source tree to deploy (default broker_src/ of the repository),
+  e.g. a checkout of real Cullis.
+- CULLIS_E2E_BROKER_PIP: extra pip requirement specifiers for that broker, separated by spaces
+  or commas (-> cullis_broker_extra_pip_packages), e.g. "asyncpg==0.30.0 hvac==2.3.0".
+- CULLIS_E2E_BROKER_VARS: more variables of the deployment, as a JSON object (or a path to a
+  JSON/YAML file holding one), passed as extra vars to every playbook run, e.g.
+  '{"cullis_broker_extra_environment": {"OTEL_ENABLED": "false"}, "cullis_broker_health_timeout": 240}'.
+  Its `cullis_broker_extra_environment` is merged under the quirks stack's own switch.
+- CULLIS_E2E_QUIRKS: the quirks of `quirks_stack` (default `all`; a comma list of names).
+  Against a real broker source the switch is simply ignored by the broker.
 - CULLIS_E2E_BROKER_VENV: reuse this broker venv across sessions (created if missing) instead of
   building one in the stack dir.
-- CULLIS_E2E_KEEP=1: leave the stack running after the session (its dir is printed).
+- CULLIS_E2E_KEEP=1: leave the stacks running after the session (their dirs are printed).
 """
 from __future__ import annotations
 
@@ -27,6 +43,7 @@ import time
 import urllib.error
 import urllib.request
 import xmlrpc.client
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -196,31 +213,73 @@ def pytest_collection_modifyitems(config, items):
         items[i] = item
 
 
-@pytest.fixture(scope="session")
-def stack():
-    base = Path(tempfile.mkdtemp(prefix="cullis-e2e-"))
+def harness_vars(environ=os.environ) -> dict:
+    """Extra vars every e2e playbook run gets, from the CULLIS_* knobs of the module docstring."""
+    extra: dict = {}
+    more = environ.get("CULLIS_E2E_BROKER_VARS", "").strip()
+    if more:
+        text = Path(more).read_text() if not more.startswith("{") else more
+        loaded = yaml.safe_load(text)  # JSON is YAML
+        if not isinstance(loaded, dict):
+            raise pytest.UsageError(f"CULLIS_E2E_BROKER_VARS must hold a mapping, got {type(loaded).__name__}")
+        extra.update(loaded)
+    if environ.get("CULLIS_BROKER_SRC"):
+        extra["cullis_broker_src"] = environ["CULLIS_BROKER_SRC"]
+    pip = environ.get("CULLIS_E2E_BROKER_PIP", "").replace(",", " ").split()
+    if pip:
+        extra["cullis_broker_extra_pip_packages"] = pip
+    if environ.get("CULLIS_E2E_BROKER_VENV"):
+        extra["cullis_broker_venv"] = environ["CULLIS_E2E_BROKER_VENV"]
+    return extra
+
+
+def quirks_vars(base: dict, environ=os.environ) -> dict:
+    """`base` plus the quirks switch in the broker's environment (merged over any given one)."""
+    extra = dict(base)
+    env = dict(extra.get("cullis_broker_extra_environment") or {})
+    env["CULLIS_REAL_BROKER_QUIRKS"] = environ.get("CULLIS_E2E_QUIRKS", "").strip() or "all"
+    extra["cullis_broker_extra_environment"] = env
+    return extra
+
+
+# Stacks deployed in this session (so a later one can reuse a broker venv built for the same things).
+_DEPLOYED: list[Stack] = []
+
+
+def _venv_fingerprint(extra: dict) -> tuple:
+    return (extra.get("cullis_broker_src"), tuple(extra.get("cullis_broker_extra_pip_packages") or ()),
+            extra.get("cullis_broker_pip_constraints"))
+
+
+@contextmanager
+def deployed_stack(name: str, extra: dict, verbosity: int = 0):
+    """Deploy a complete stack on free ports in a temp dir with `extra` vars; tear it down after."""
+    base = Path(tempfile.mkdtemp(prefix=f"cullis-e2e-{name}-"))
     base.chmod(0o755)  # the postgres OS user must traverse it
     stack_dir = base / "stack"
     ports = dict(zip(PORT_VARS, distinct_free_ports(len(PORT_VARS))))
     inventory = write_inventory(base, stack_dir, ports)
-    extra = {}
-    if os.environ.get("CULLIS_BROKER_SRC"):
-        extra["cullis_broker_src"] = os.environ["CULLIS_BROKER_SRC"]
-    if os.environ.get("CULLIS_E2E_BROKER_VENV"):
-        extra["cullis_broker_venv"] = os.environ["CULLIS_E2E_BROKER_VENV"]
+    if "cullis_broker_venv" not in extra:
+        for other in _DEPLOYED:  # content-equal venv already built this session: share it (read-only use)
+            if _venv_fingerprint(other.extra_vars) == _venv_fingerprint(extra):
+                extra = dict(extra, cullis_broker_venv=str(other.extra_vars.get("cullis_broker_venv")
+                                                           or other.dir / "broker" / "venv"))
+                break
     st = Stack(dir=stack_dir, inventory=inventory, ports=ports, vars={}, extra_vars=extra)
     try:
         t0 = time.monotonic()
-        # verbosity 3: test_deploy asserts that not even -vvv of the secret-generating run leaks
-        st.deploy_result = st.run("playbooks/deploy.yml", verbosity=3)
+        st.deploy_result = st.run("playbooks/deploy.yml", verbosity=verbosity)
         st.deploy_seconds = time.monotonic() - t0
         if st.deploy_result.rc != 0:
             tail = "\n".join(st.deploy_result.output.splitlines()[-60:])
-            pytest.fail(f"deploy of the e2e stack failed (rc={st.deploy_result.rc}):\n{tail}", pytrace=False)
+            pytest.fail(f"deploy of the e2e {name} stack failed (rc={st.deploy_result.rc}):\n{tail}", pytrace=False)
+        _DEPLOYED.append(st)
         yield st
     finally:
+        if st in _DEPLOYED:
+            _DEPLOYED.remove(st)
         if os.environ.get("CULLIS_E2E_KEEP") == "1":
-            print(f"\nCULLIS_E2E_KEEP=1: stack left running in {stack_dir} (inventory {inventory})")
+            print(f"\nCULLIS_E2E_KEEP=1: {name} stack left running in {stack_dir} (inventory {inventory})")
         else:
             pid = st.supervisord_pid()
             try:
@@ -228,3 +287,17 @@ def stack():
             finally:
                 _stop_by_pid(pid)
                 shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def stack():
+    # verbosity 3: test_deploy asserts that not even -vvv of the secret-generating run leaks
+    with deployed_stack("main", harness_vars(), verbosity=3) as st:
+        yield st
+
+
+@pytest.fixture(scope="module")
+def quirks_stack():
+    """A stack whose broker behaves like a deployed real Cullis broker (CULLIS_REAL_BROKER_QUIRKS)."""
+    with deployed_stack("quirks", quirks_vars(harness_vars())) as st:
+        yield st

@@ -22,6 +22,12 @@ N_AGENTS = 20
 
 def test_org_compromise_on_the_stack(stack, tmp_path):
     """Runbook section 6 end to end on the deployed stack (nginx TLS, supervisord, real brokers' rate limits)."""
+    contain_an_org(stack, tmp_path)
+
+
+def contain_an_org(stack, tmp_path, extra_vars: dict | None = None) -> tuple:
+    """The scenario on `stack` (also the quirks stack, test_quirks.py); returns both runs' results."""
+    extra_vars = extra_vars or {}
     env = stack.env
     url, ca, admin = stack.public_url, str(stack.ca_path), env["ADMIN_SECRET"]
     org, identity_dir = f"e2e-compromise-{uuid.uuid4().hex[:8]}", tmp_path / "ids"
@@ -36,7 +42,8 @@ def test_org_compromise_on_the_stack(stack, tmp_path):
     assert live.request("GET", "/v1/federation/agents").status == 200
     reset_rate_limits(env["REDIS_URL"])
 
-    first = stack.run(PLAYBOOK, extra_vars={"org_id": org, "identity_dir": str(identity_dir)}, verbosity=3)
+    first = stack.run(PLAYBOOK, extra_vars={"org_id": org, "identity_dir": str(identity_dir), **extra_vars},
+                      verbosity=3)
     assert first.rc == 0 and first.failed == 0, first.output[-4000:]
     for value in [*stack.secret_values(), org_secret(identity_dir)]:
         assert value not in first.output, "a secret appeared in the playbook output"
@@ -52,8 +59,10 @@ def test_org_compromise_on_the_stack(stack, tmp_path):
     reset_rate_limits(env["REDIS_URL"])
     assert login_error(url, identity_dir, "a05", ca) == (403, f"Organisation '{org}' not yet approved")
 
-    second = stack.run(PLAYBOOK, extra_vars={"org_id": org, "identity_dir": str(identity_dir)}, verbosity=3)
+    second = stack.run(PLAYBOOK, extra_vars={"org_id": org, "identity_dir": str(identity_dir), **extra_vars},
+                       verbosity=3)
     assert second.rc == 0 and second.changed == 0, second.output[-4000:]
     for value in [*stack.secret_values(), org_secret(identity_dir)]:
         assert value not in second.output, "a secret appeared in the playbook output"
     assert stack.get("/readyz")[0] == 200
+    return first, second
