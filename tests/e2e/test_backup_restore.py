@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
@@ -180,6 +181,10 @@ def test_dr_drill_restores_into_staging_and_smoke_passes(stack, tmp_path):
         ports.add(port)
         extra[name] = port
     extra.update(cullis_stack_dir=str(staging_dir), dr_source_stack_dir=str(stack.dir), **stack.extra_vars)
+    # a command-line variable that only the inner deploy can bring to the staging broker (issue 14)
+    version = f"dr-{uuid.uuid4().hex[:8]}"
+    extra["cullis_broker_extra_environment"] = dict(extra.get("cullis_broker_extra_environment") or {},
+                                                    APP_VERSION=version)
     try:
         res = run_playbook("playbooks/dr_drill.yml", inventory="inventories/staging-local", extra_vars=extra,
                            timeout=3600)
@@ -191,6 +196,7 @@ def test_dr_drill_restores_into_staging_and_smoke_passes(stack, tmp_path):
     report = [r.get("msg") for r in res.task_results("DR drill report")]
     assert res.rc == 0, report or res.output[-4000:]
     assert "DR DRILL PASS" in str(report) and "smoke test passed" in str(report)
+    assert f"staging broker: version {version}" in str(report), report  # the -e vars reached the inner runs
     assert_no_secret(stack, res)
     assert not staging_dir.exists()
     assert_ready(stack)
