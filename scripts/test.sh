@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, stage by stage. Every stage runs even when an earlier one failed; the
-# exit status is non-zero if any failed. Usage: scripts/test.sh [all|lint|sanity|units|pytest]
+# exit status is non-zero if any failed. Usage: scripts/test.sh [all|lint|sanity|units|release|pytest]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
@@ -26,6 +26,13 @@ run_lint() {
 }
 run_sanity() { (cd "$COLL" && ansible-test sanity --python 3.11 --local --color no); }
 run_units() { (cd "$COLL" && ansible-test units --python 3.11 --local --color no); }
+run_release() {
+  # changelog fragments and every plugin's docs, as a release needs them (antsibull); the tarball,
+  # CHANGELOG.rst from `antsibull-changelog release`, the EE build context and introspection are
+  # tests/release (pytest stage)
+  (cd "$COLL" && antsibull-changelog lint) &&
+  (cd "$COLL" && ANSIBLE_COLLECTIONS_PATH="$REPO/collections" antsibull-docs lint-collection-docs --plugin-docs .)
+}
 run_pytest() {
   # broker_src tests, module integration tests and end-to-end stack tests, all on real services.
   pytest -p no:cacheprovider --durations=30 broker_src/tests tests
@@ -35,6 +42,7 @@ case "$what" in
   all|lint) stage lint run_lint ;;&
   all|sanity) stage sanity run_sanity ;;&
   all|units) stage units run_units ;;&
+  all|release) stage release run_release ;;&
   all|pytest) stage pytest run_pytest ;;
 esac
 
