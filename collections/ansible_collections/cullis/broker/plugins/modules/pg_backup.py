@@ -295,11 +295,11 @@ class PgBackup(object):
                 self.plan.append("create directory %s" % dest)
             self.result['changed'] = True
             return
+        version = self.conn.server_version()  # the server answers before anything is written
         if not os.path.isdir(dest):
             os.makedirs(dest, 0o700)
         with pb.BackupLock(dest, db):
             self._remove_stale_partials(dest, db)
-            version = self.conn.server_version()
             with self.conn.session(db) as s:
                 s.query("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;")
                 snapshot = s.query("SELECT pg_export_snapshot();")[0][0]
