@@ -179,8 +179,8 @@ def test_vault_unseal_faults(sealed_node, files, tmp_path):
              "1 distinct key(s) given, the threshold is 3"),
         Case("malformed keys", {**conn, "keys": ["%%%not-base64-1%%%", "%%%not-base64-2%%%", "%%%not-base64-3%%%"]},
              ("unseal key #1 was rejected", "progress reset to 0/3")),
-        Case("well-formed wrong keys", {**conn, "keys": [base64.b64encode(bytes([n]) * size).decode()
-                                                          for n in (1, 2, 3)]},
+        Case("well-formed wrong keys",
+             {**conn, "keys": [base64.b64encode(bytes([n]) * size).decode() for n in (1, 2, 3)]},
              ("did not unseal", "progress reset to 0/3")),
     ]
     batch = run_batch("vault_unseal", cases)
@@ -306,7 +306,9 @@ def test_pg_backup_faults(pg, db, backup_dir, tmp_path):
     truncated.write_bytes(backup.read_bytes()[:-40])
     (d / (truncated.name + ".json")).write_text((d / (backup.name + ".json")).read_text())
     new_dest = tmp_path / "new-dest"
-    c = lambda **a: pg_conn(pg, database=db, **a)  # noqa: E731
+
+    def c(**a):
+        return pg_conn(pg, database=db, **a)
     cases = [
         Case("world-readable key", c(dest=str(new_dest), encryption_key_file=str(loose_key)),
              ("encryption_key_file", "chmod 600")),
@@ -319,8 +321,8 @@ def test_pg_backup_faults(pg, db, backup_dir, tmp_path):
         Case("jobs 0", c(dest=str(new_dest), jobs=0), "jobs must be >= 1"),
         Case("keep_last 0", c(state="pruned", dest=str(d), keep_last=0), "keep_last must be >= 1"),
         Case("pruned without a rule", c(state="pruned", dest=str(d)), "needs keep_last and/or keep_days"),
-        Case("restore over the live db without confirm", c(state="restored", path=str(backup),
-                                                          encryption_key_file=str(key)),
+        Case("restore over the live db without confirm",
+             c(state="restored", path=str(backup), encryption_key_file=str(key)),
              ("confirm=true", "nothing was changed")),
         Case("restore a missing backup", c(state="restored", path=str(d / "nope.dump"), confirm=True),
              "does not exist"),
@@ -375,7 +377,8 @@ def test_backup_set_faults(pg, db, backup_dir, tmp_path):
 
 
 def test_audit_archive_faults(pg, db, tmp_path):
-    c = lambda **a: pg_conn(pg, database=db, **a)  # noqa: E731
+    def c(**a):
+        return pg_conn(pg, database=db, **a)
     ro_parent = tmp_path / "file-not-dir"
     ro_parent.write_text("x")
     cases = [
@@ -599,7 +602,8 @@ def test_org_onboard_faults(broker, org, tmp_path):
         Case("existing org, secret unknown", {**conn, "org_id": org["id"], "identity_dir": str(other_dir)},
              "already exists on the broker"),
         Case("missing ca_path", {**conn, "broker_url": "https://127.0.0.1:9", "ca_path": str(tmp_path / "nope.pem"),
-                                 "org_id": new_org_id("fs-ca"), "identity_dir": str(other_dir)}, ("ca_path", "nope.pem")),
+                                 "org_id": new_org_id("fs-ca"), "identity_dir": str(other_dir)},
+             ("ca_path", "nope.pem")),
     ]
     before = tree(org["dir"])
     assert_cases(run_batch("org_onboard", cases, env={"CULLIS_ADMIN_SECRET": ""}), broker_secrets(broker, org))
@@ -669,7 +673,8 @@ def test_service_info_and_stack_service_faults(tmp_path):
              "name=all is only valid with state=stopped"),
         Case("not a stack dir", {"name": "broker", "state": "started", "stack_dir": str(empty)}, "supervisor"),
         Case("missing stack dir", {"name": "broker", "state": "started", "stack_dir": str(tmp_path / "nope")}, "nope"),
-        Case("bad state", {"name": "broker", "state": "paused", "stack_dir": str(empty)}, "value of state must be one of"),
+        Case("bad state", {"name": "broker", "state": "paused", "stack_dir": str(empty)},
+             "value of state must be one of"),
         Case("compose runtime", {"name": "broker", "stack_dir": str(empty), "runtime": "compose"}, "compose"),
     ]
     before = tree(empty)

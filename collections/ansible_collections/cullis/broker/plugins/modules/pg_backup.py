@@ -595,6 +595,9 @@ class PgBackup(object):
             self.compare_counts(manifest, staging)
         except Exception:
             self.drop_database(staging)
+            # the staging database is gone again and the live one was never touched: no change
+            self.result['changed'] = False
+            self.plan.append("dropped %s again; %s was not touched" % (staging, target))
             raise
         if exists:
             self.result['terminated_connections'] = self.swap_out(target, previous)
