@@ -177,6 +177,7 @@ def test_damaged_backup_is_refused_and_live_db_untouched(pg, db, dest, key_file,
     else:
         use_key = tmp_path / "other.key"
         use_key.write_bytes(os.urandom(32))
+        use_key.chmod(0o600)  # the key files policy: readable by the owner only
     pg.psql("INSERT INTO organizations (org_id, display_name, secret_hash, registered_at) "
             "VALUES ('marker', 'M', 'x', now())", db=db)
     before = counts(pg, db)
@@ -323,7 +324,7 @@ def test_verify_restores_into_scratch_and_catches_row_count_mismatch(pg, db, des
     path = res.result["backup_path"]
     quick = pg_backup(pg, state="verified", database=db, dest=str(dest), quick=True)
     assert not quick.failed and quick.result["verification"]["mode"] == "quick"
-    full = pg_backup(pg, state="verified", database=db, path=path)
+    full = pg_backup(pg, state="verified", database=db, path=path, record=True)
     assert not full.failed, full.result.get("msg")
     assert full.result["row_counts"]["public.audit_log"] == 75
     manifest = json.loads(Path(path + ".json").read_text())
@@ -332,7 +333,7 @@ def test_verify_restores_into_scratch_and_catches_row_count_mismatch(pg, db, des
     # a manifest that does not match the dump's content is caught by the scratch restore
     manifest["row_counts"]["public.agents"] += 1
     Path(path + ".json").write_text(json.dumps(manifest))
-    bad = pg_backup(pg, state="verified", database=db, path=path)
+    bad = pg_backup(pg, state="verified", database=db, path=path, record=True)
     assert bad.failed and "public.agents: manifest 13, restored 12" in bad.result["msg"]
     assert json.loads(Path(path + ".json").read_text())["verification"]["status"] == "failed"
     assert databases(pg, db) == [db]

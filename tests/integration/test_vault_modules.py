@@ -152,8 +152,8 @@ def test_bad_ca_fails_before_any_key_is_sent(sealed, tmp_path):
     res = run_module("vault_unseal", {"url": sealed.addr, "ca_cert": str(other),
                                       "keys_file": str(sealed.keys_file)})
     assert res.failed
-    assert "TLS error" in res.result["msg"] and "ca_cert" in res.result["msg"]
-    assert res.result["nodes"][0]["action"] == "unreachable"
+    assert "TLS trust problem" in res.result["msg"] and "ca_cert" in res.result["msg"]
+    assert res.result["nodes"][0]["action"] == "tls_untrusted"
     st = sealed.status()
     assert st["sealed"] is True and st["progress"] == 0
 

@@ -34,6 +34,7 @@ def test_snapshot_saves_and_restores_into_a_fresh_cluster(bao_server, fresh_bao,
     bao_server.cli("kv", "put", "secret/snapshot-test", f"marker={marker}", token=bao_server.root_token)
     key = tmp_path / "backup.key"
     key.write_bytes(os.urandom(32))
+    key.chmod(0o600)  # the key files policy: readable by the owner only
     res = run_module("vault_snapshot", vault_args(bao_server, path=str(tmp_path) + "/",
                                                   encryption_key_file=str(key)))
     assert not res.failed, res.result.get("msg")

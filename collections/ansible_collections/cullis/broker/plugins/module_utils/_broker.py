@@ -128,7 +128,13 @@ class BrokerClient(object):
         self._ssl = None
         if self.scheme == 'https':
             if validate_certs:
-                self._ssl = ssl.create_default_context(cafile=ca_path) if ca_path else ssl.create_default_context()
+                if ca_path and not os.path.isfile(ca_path):
+                    raise BrokerError("ca_path %s does not exist (set ca_path or CULLIS_CA_PATH to the PEM CA file "
+                                      "that signed the broker's certificate)" % ca_path)
+                try:
+                    self._ssl = ssl.create_default_context(cafile=ca_path) if ca_path else ssl.create_default_context()
+                except (ssl.SSLError, OSError) as e:
+                    raise BrokerError("ca_path %s is not a usable PEM CA file: %s" % (ca_path, e))
             else:
                 self._ssl = ssl.create_default_context()
                 self._ssl.check_hostname = False

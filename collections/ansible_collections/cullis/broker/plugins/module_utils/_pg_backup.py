@@ -32,6 +32,9 @@ import struct
 import tempfile
 import time
 
+from ansible_collections.cullis.broker.plugins.module_utils._secret_file import (
+    SecretFileError, check_secret_file)
+
 try:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
     from cryptography.exceptions import InvalidTag
@@ -52,14 +55,28 @@ class BackupError(Exception):
     """An operator-facing error (what went wrong and what to do)."""
 
 
+class KeyProblem(BackupError):
+    """The key, not the backup, is the problem (missing, unreadable, too open, or not the key the
+    backup was made with). Never evidence that a backup is corrupt: it is never recorded as such."""
+
+
+class AuthenticationFailed(BackupError):
+    """An encrypted stream did not authenticate: wrong key, or altered data."""
+
+
 # -- keys and encryption -----------------------------------------------------------------------
-def load_key(path):
-    """A 32-byte key from a file holding 32 raw bytes, 64 hex characters or base64 of 32 bytes."""
+def load_key(path, option='encryption_key_file'):
+    """A 32-byte key from a file holding 32 raw bytes, 64 hex characters or base64 of 32 bytes.
+    The file must be private (module_utils._secret_file: the one policy for key files)."""
+    try:
+        check_secret_file(path, option)
+    except SecretFileError as e:
+        raise KeyProblem(str(e))
     try:
         with open(path, 'rb') as f:
             data = f.read()
     except (IOError, OSError) as e:
-        raise BackupError("cannot read encryption key file %s: %s" % (path, e.strerror))
+        raise KeyProblem("cannot read %s %s: %s" % (option, path, e.strerror))
     if len(data) == 32:
         return data
     text = data.strip()
@@ -70,8 +87,8 @@ def load_key(path):
             continue
         if len(key) == 32:
             return key
-    raise BackupError("encryption key file %s must hold a 256-bit key: 32 raw bytes, 64 hex characters or "
-                      "base64 of 32 bytes (e.g. `openssl rand -out KEYFILE 32`)" % path)
+    raise KeyProblem("encryption key file %s must hold a 256-bit key: 32 raw bytes, 64 hex characters or "
+                     "base64 of 32 bytes (e.g. `openssl rand -out KEYFILE 32`)" % path)
 
 
 def _require_crypto():
@@ -141,8 +158,8 @@ def decrypt_chunks(key, src, name='file'):
                 continue
             break
         if plain is None:
-            raise BackupError("%s failed authentication at chunk %d: wrong encryption key, or the file was "
-                              "altered" % (name, counter))
+            raise AuthenticationFailed("%s failed authentication at chunk %d: wrong encryption key, or the file "
+                                       "was altered" % (name, counter))
         counter += 1
         yield plain
         if final:
@@ -308,10 +325,26 @@ def write_text_atomic(path, text, mode=0o600):
 
 
 def describe_os_error(e, where):
-    if getattr(e, 'errno', None) == errno.ENOSPC:
+    code = getattr(e, 'errno', None)
+    if code == errno.ENOSPC:
         return "no space left on the device holding %s; free space or choose another dest (nothing was " \
                "left behind, older backups are untouched)" % where
+    if code == errno.EROFS:
+        return "%s is on a read-only file system; choose a writable dest or remount it read-write (nothing " \
+               "was written)" % where
+    if code in (errno.EACCES, errno.EPERM):
+        return "permission denied on %s (%s); fix its owner/mode or choose another dest (nothing was written)" \
+               % (where, getattr(e, 'filename', None) or where)
     return "%s: %s" % (where, getattr(e, 'strerror', None) or e)
+
+
+# -- manifest digests --------------------------------------------------------------------------
+def manifest_digest(manifest):
+    """SHA-256 of an artifact manifest's content, without its `verification` record (verification
+    may be recorded after the set was sealed). The set manifest keeps it, so an edited artifact
+    manifest (a row count, a checksum) fails set verification."""
+    body = dict((k, v) for k, v in (manifest or {}).items() if k != 'verification')
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(',', ':')).encode('utf-8')).hexdigest()
 
 
 # -- manifests ---------------------------------------------------------------------------------
@@ -407,7 +440,11 @@ class BackupLock(object):
         self.fd = None
 
     def __enter__(self):
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except (IOError, OSError) as e:
+            raise BackupError("cannot create the lock file %s: %s"
+                              % (self.path, describe_os_error(e, os.path.dirname(self.path) or '.')))
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except (IOError, OSError) as e:

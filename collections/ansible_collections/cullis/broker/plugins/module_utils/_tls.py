@@ -169,8 +169,39 @@ def days_left(cert, now=None):
     return int(seconds // DAY)
 
 
+def expiry_text(cert, now=None):
+    """'expires in 12 days', 'expires today', 'expired today', 'expired 2 days ago' (never '-2 days left')."""
+    seconds = (_not_after(cert) - (now or utcnow())).total_seconds()
+    if seconds < 0:
+        ago = int(-seconds // DAY)
+        return 'expired today' if ago == 0 else 'expired %d day%s ago' % (ago, '' if ago == 1 else 's')
+    left = int(seconds // DAY)
+    return 'expires today' if left == 0 else 'expires in %d day%s' % (left, '' if left == 1 else 's')
+
+
 def is_self_issued(cert):
     return cert.issuer == cert.subject
+
+
+def is_ca(cert):
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
+def order_problem(certs, source):
+    """A message when a PEM bundle does not start with the server certificate (an intermediate or
+    root first, the leaf later), else None. Such a file would be blamed on the key and the SANs."""
+    if len(certs) < 2 or not is_ca(certs[0]):
+        return None
+    leaves = [i for i, c in enumerate(certs) if not is_ca(c)]
+    if not leaves:
+        return None
+    return ('certificate order: %s starts with the CA certificate "%s" and holds the server certificate "%s" at '
+            'position %d - the server certificate must come first, then its intermediates (leaf, intermediate, ...); '
+            'reorder the file' % (source, certs[0].subject.rfc4514_string(),
+                                  certs[leaves[0]].subject.rfc4514_string(), leaves[0] + 1))
 
 
 def cert_facts(cert, now=None):
@@ -184,6 +215,7 @@ def cert_facts(cert, now=None):
         not_before=_not_before(cert).strftime('%Y-%m-%dT%H:%M:%SZ'),
         not_after=_not_after(cert).strftime('%Y-%m-%dT%H:%M:%SZ'),
         days_left=days_left(cert, now),
+        expiry=expiry_text(cert, now),
         expired=_not_after(cert) < now,
         not_yet_valid=_not_before(cert) > now,
         self_signed=is_self_issued(cert),
@@ -307,7 +339,7 @@ def evaluate(facts, warn_days, critical_days):
         return level if SEVERITY[level] > SEVERITY[status] else status
 
     if facts['expired']:
-        status = raise_to('critical', 'certificate expired on %s' % facts['not_after'])
+        status = raise_to('critical', 'certificate expired on %s (%s)' % (facts['not_after'], facts['expiry']))
     elif facts['not_yet_valid']:
         status = raise_to('critical', 'certificate is not valid before %s' % facts['not_before'])
     elif facts['days_left'] < critical_days:

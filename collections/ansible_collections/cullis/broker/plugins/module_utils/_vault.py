@@ -23,7 +23,6 @@ import os
 import re
 import socket
 import ssl
-import stat
 import time
 
 try:  # Python 3
@@ -33,6 +32,8 @@ except ImportError:  # pragma: no cover - Python 2 is not supported
     http_client = None
 
 from ansible.module_utils.basic import env_fallback
+from ansible_collections.cullis.broker.plugins.module_utils._secret_file import (
+    SecretFileError, check_secret_file)
 
 ADDR_ENV = ['VAULT_ADDR', 'BAO_ADDR']
 CACERT_ENV = ['VAULT_CACERT', 'BAO_CACERT']
@@ -55,7 +56,28 @@ def vault_argument_spec():
 
 
 class VaultError(Exception):
-    """A transport-level failure (unreachable, TLS, bad URL) with an operator-friendly message."""
+    """A transport-level failure (unreachable, TLS, bad URL) with an operator-friendly message.
+
+    `kind` says which: 'unreachable' (no answer), 'tls_trust' (the node answered but its
+    certificate is not trusted with ca_cert: a configuration problem, not an outage), 'tls'
+    (another TLS failure) or 'config' (bad URL or CA file)."""
+
+    def __init__(self, message, kind='unreachable'):
+        super(VaultError, self).__init__(message)
+        self.kind = kind
+
+
+def tls_error(url, exc, ca_cert=None):
+    """VaultError for an ssl.SSLError; a failed certificate verification is named a trust problem."""
+    reason = getattr(exc, 'reason', None) or str(exc)
+    if isinstance(exc, ssl.SSLCertVerificationError) or 'CERTIFICATE_VERIFY_FAILED' in str(exc):
+        detail = getattr(exc, 'verify_message', None) or reason
+        return VaultError("TLS trust problem with %s: CERTIFICATE_VERIFY_FAILED (%s) - the node answered, but its "
+                          "certificate is not signed by %s. Set ca_cert (or VAULT_CACERT) to the CA that signed "
+                          "Vault's certificate; nothing was sent to the node"
+                          % (url, detail, ('ca_cert %s' % ca_cert) if ca_cert else 'the system trust store'),
+                          kind='tls_trust')
+    return VaultError("TLS error talking to %s: %s (check ca_cert / validate_certs)" % (url, reason), kind='tls')
 
 
 class VaultResponse(object):
@@ -96,7 +118,8 @@ class VaultClient(object):
                  sleep=time.sleep):
         parts = urlsplit((url or '').strip().rstrip('/'))
         if parts.scheme not in ('http', 'https') or not parts.hostname:
-            raise VaultError("Vault url %r is not an http(s) URL (set url, VAULT_ADDR or BAO_ADDR)" % url)
+            raise VaultError("Vault url %r is not an http(s) URL (set url, VAULT_ADDR or BAO_ADDR)" % url,
+                             kind='config')
         self.url = url.strip().rstrip('/')
         self.scheme = parts.scheme
         self.host = parts.hostname
@@ -107,15 +130,17 @@ class VaultClient(object):
         self.retry_delay = retry_delay
         self._sleep = sleep
         self._ctx = None
+        self.ca_cert = ca_cert
         if self.scheme == 'https':
             if validate_certs:
                 if ca_cert and not os.path.isfile(ca_cert):
-                    raise VaultError("ca_cert %s does not exist" % ca_cert)
+                    raise VaultError("ca_cert %s does not exist (set ca_cert or VAULT_CACERT to the CA file that "
+                                     "signed Vault's certificate)" % ca_cert, kind='config')
                 try:
                     self._ctx = ssl.create_default_context(cafile=ca_cert) if ca_cert \
                         else ssl.create_default_context()
                 except (ssl.SSLError, OSError) as e:
-                    raise VaultError("ca_cert %s is not a usable PEM CA file: %s" % (ca_cert, e))
+                    raise VaultError("ca_cert %s is not a usable PEM CA file: %s" % (ca_cert, e), kind='config')
             else:
                 self._ctx = ssl.create_default_context()
                 self._ctx.check_hostname = False
@@ -149,8 +174,7 @@ class VaultClient(object):
                 resp = conn.getresponse()
                 result = VaultResponse(resp.status, resp.read())
             except ssl.SSLError as e:
-                raise VaultError("TLS error talking to %s: %s (check ca_cert / validate_certs)"
-                                 % (self.url, getattr(e, 'reason', None) or e))
+                raise tls_error(self.url, e, self.ca_cert)
             except (socket.timeout, OSError, http_client.HTTPException) as e:
                 if attempt > self.retries or not (idempotent or _is_refused(e)):
                     raise VaultError("Vault node %s is unreachable: %s" % (self.url, e))
@@ -168,7 +192,7 @@ class VaultClient(object):
     def seal_status(self):
         resp = self.request('GET', 'sys/seal-status')
         if resp.status != 200:
-            raise VaultError("%s: sys/seal-status answered HTTP %s: %s" % (self.url, resp.status, resp.errors))
+            raise VaultError("%s: sys/seal-status answered HTTP %s: %s" % (self.url, resp.status, resp.errors), kind='http')
         return resp.json()
 
     def health(self):
@@ -207,13 +231,15 @@ STATUS_FIELDS = ('initialized', 'sealed', 't', 'n', 'progress', 'version', 'clus
                  'build_date', 'storage_type', 'migration', 'recovery_seal', 'type')
 
 
-def node_report(url, seal_status=None, leader=None, health=None, error=None):
-    """The per-node dictionary every vault_* module returns (no secrets in it)."""
+def node_report(url, seal_status=None, leader=None, health=None, error=None, error_kind=None):
+    """The per-node dictionary every vault_* module returns (no secrets in it).
+    `error_kind` is VaultError.kind ('unreachable', 'tls_trust', ...) when `error` is set."""
     st = seal_status or {}
     report = dict(
         url=url,
         reachable=error is None,
         error=error,
+        error_kind=(error_kind or 'unreachable') if error is not None else None,
         initialized=st.get('initialized'),
         sealed=st.get('sealed'),
         progress=st.get('progress'),
@@ -258,19 +284,12 @@ class KeysError(Exception):
 
 
 def check_keys_file_mode(path, insecure=False):
-    """Refuse a keys file readable or writable by group/others unless `insecure` is true."""
+    """Refuse a keys file readable or writable by group/others unless `insecure` is true
+    (the collection's one policy for secret files, module_utils._secret_file)."""
     try:
-        st = os.stat(path)
-    except OSError as e:
-        raise KeysError("cannot read keys_file %s: %s" % (path, e.strerror or e))
-    if not stat.S_ISREG(st.st_mode):
-        raise KeysError("keys_file %s is not a regular file" % path)
-    mode = stat.S_IMODE(st.st_mode)
-    if mode & 0o077 and not insecure:
-        raise KeysError("keys_file %s has mode %04o: it is readable or writable by group/others. "
-                        "Run `chmod 600 %s` (or set insecure_keys_file: true to accept the risk)"
-                        % (path, mode, path))
-    return mode
+        return check_secret_file(path, 'keys_file', insecure, 'insecure_keys_file')
+    except SecretFileError as e:
+        raise KeysError(str(e))
 
 
 def parse_keys_document(text, source='keys_file'):

@@ -205,14 +205,19 @@ class Archive(object):
         self.result['rows'] = sum(counts.values())
         if not bounds:
             return
-        self.result['changed'] = True
         if self.module.check_mode:
+            self.result['changed'] = True
             return
         dest = self.p['dest']
         if not os.path.isdir(dest):
-            os.makedirs(dest, 0o700)
+            try:
+                os.makedirs(dest, 0o700)
+            except (IOError, OSError) as e:
+                raise pb.BackupError("cannot create the archive directory (nothing was deleted): %s"
+                                     % pb.describe_os_error(e, dest))
         path = os.path.join(dest, 'audit_%s_%s.jsonl.gz' % (db, pb.utc_stamp(now)))
         written = self.export(path, bounds, anchors)
+        self.result['changed'] = True  # from here on the archive file exists (removed again on failure)
         try:
             manifest = self.verify_file(path, dict(anchors_before=self.anchor_doc(anchors, bounds)), written)
             manifest.update(kind=KIND, database=db, file=os.path.basename(path), cutoff=cutoff,
@@ -221,6 +226,7 @@ class Archive(object):
         except Exception:
             for p in (path, pb.manifest_path(path), pb.checksum_path(path)):
                 pb.remove_path(p)
+            self.result['changed'] = False
             raise
         self.result.update(archive_path=path, sha256=manifest['sha256'], manifest=manifest)
         self.delete(bounds, manifest)
@@ -370,11 +376,20 @@ def main():
         vacuum=dict(type='bool', default=True),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    days = module.params['older_than_days']
+    if not days >= 0 or days == float('inf'):  # also refuses NaN
+        module.fail_json(msg="older_than_days must be a number of days >= 0 (got %r): a negative value would put the "
+                         "cutoff in the future and archive (delete) nearly every audit row; nothing was changed"
+                         % days)
     job = Archive(module)
     try:
         job.present() if module.params['state'] == 'present' else job.verified()
     except (pb.BackupError, PostgresError) as e:
         module.fail_json(msg=job.conn.scrub(to_native(e)), **job.result)
+    except (IOError, OSError) as e:
+        where = getattr(e, 'filename', None) or module.params['dest'] or module.params['path'] or '.'
+        msg = "state=%s failed: %s" % (module.params['state'], pb.describe_os_error(e, where))
+        module.fail_json(msg=job.conn.scrub(msg), **job.result)
     module.exit_json(**job.result)
 
 

@@ -18,7 +18,9 @@ description:
     secret of the stack, so files are never stored in clear) and writes C(backup-set.json) listing
     every artifact with its SHA-256, size and manifest.
   - V(verified) checks every artifact of the set against C(backup-set.json) and each artifact's own
-    manifest (read-only).
+    manifest (read-only). The set manifest also holds a digest of every artifact manifest (all but its
+    C(verification) record), so an edited manifest - a row count a restore compares with - fails
+    here, before a restore stops anything.
   - V(extracted) decrypts one file of the set (O(name)) to O(dest), mode 0600, after checking its
     checksum; nothing changes when O(dest) already has that content.
   - V(pruned) applies O(keep_last) / O(keep_days) to the sets (C(set-*) directories) under O(path),
@@ -62,7 +64,9 @@ options:
         type: path
         required: true
   encryption_key_file:
-    description: 256-bit key file (as for M(cullis.broker.pg_backup)). Required to add or extract files.
+    description:
+      - 256-bit key file (as for M(cullis.broker.pg_backup)). Required to add or extract files.
+      - Must be readable by its owner only (mode 0600); a file group or others can read is refused.
     type: path
   name:
     description: With V(extracted), the O(files[].name) to extract.
@@ -178,7 +182,7 @@ def scan(path):
         if not m or m.get('kind') not in KINDS:
             continue
         items.append(dict(name=name[:-5], kind=KINDS[m['kind']], sha256=m.get('sha256'), size=m.get('size'),
-                          time=m.get('start_time'), label=m.get('name')))
+                          time=m.get('start_time'), label=m.get('name'), manifest_sha256=pb.manifest_digest(m)))
     return items
 
 
@@ -225,11 +229,12 @@ class Job(object):
         try:
             with open(src, 'rb') as source:
                 sha256, size = pb.write_stream_atomic(final, iter(lambda: source.read(pb.READ_SIZE), b''), key)
+            pb.write_json_atomic(pb.manifest_path(final), dict(
+                kind=FILE_KIND, name=name, source=src, sha256=sha256, size=size, encrypted=True,
+                start_time=pb.utc_iso(time.time())))
         except (IOError, OSError) as e:
+            pb.remove_path(final)
             raise pb.BackupError("adding %s to the set failed: %s" % (src, pb.describe_os_error(e, path)))
-        pb.write_json_atomic(pb.manifest_path(final), dict(
-            kind=FILE_KIND, name=name, source=src, sha256=sha256, size=size, encrypted=True,
-            start_time=pb.utc_iso(time.time())))
 
     def load(self):
         path = self.p['path']
@@ -248,20 +253,33 @@ class Job(object):
     def verified(self):
         path = self.p['path']
         manifest = self.load()
-        problems = []
+        problems, unchecked = [], []
         for item in manifest.get('items', []):
             artifact = os.path.join(path, item['name'])
             if not os.path.exists(artifact):
                 problems.append("%s is missing" % item['name'])
                 continue
-            own = pb.read_manifest(artifact) or {}
+            try:
+                own = pb.read_manifest(artifact) or {}
+            except pb.BackupError as e:
+                problems.append(str(e))
+                continue
             actual = pb.checksum(artifact)
             if actual != item.get('sha256') or actual != own.get('sha256'):
                 problems.append("%s: checksum mismatch (truncated or altered)" % item['name'])
+            if 'manifest_sha256' not in item:
+                unchecked.append(item['name'])
+            elif pb.manifest_digest(own) != item['manifest_sha256']:
+                problems.append("%s.json: the artifact's manifest differs from the one sealed into the set (altered "
+                                "row counts, checksum or times); restore checks against it, so the set cannot be "
+                                "trusted" % item['name'])
         if not manifest.get('items'):
             problems.append("the set lists no artifacts")
         if problems:
             raise pb.BackupError("backup set %s failed verification: %s" % (path, '; '.join(problems)))
+        if unchecked:
+            self.module.warn("backup set %s was sealed before set manifests covered artifact manifests: the "
+                             "manifests of %s are not checked (their artifacts are)" % (path, ', '.join(unchecked)))
         self.result.update(manifest=manifest, items=manifest['items'], **summary(manifest['items']))
 
     def extracted(self):

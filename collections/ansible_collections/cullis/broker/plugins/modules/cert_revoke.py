@@ -44,11 +44,22 @@ options:
   serials:
     description:
       - Certificate serial numbers in hex. Case, colons, a V(0x) prefix and leading zeros do not matter.
-      - Quote them in YAML, so that all-digit serials stay strings.
-      - Requires O(org_id).
+      - Quote them in YAML. Unquoted, YAML turns V(0100) into 64 and V(0x1F) into 31 before the module sees
+        them; entries that are not strings are refused, naming their position, and nothing is revoked.
+      - Requires O(org_id). Each serial must be the certificate of an agent of the org (or already on its
+        revoked list), unless O(allow_unknown_serials=true).
     type: list
-    elements: str
+    elements: raw
     default: []
+  allow_unknown_serials:
+    description:
+      - Revoke serials of O(serials) that match no certificate of O(org_id) (for example a certificate that is
+        no longer pinned to an agent), with a warning listing them (RV(unknown_serials)).
+      - Without it such a serial fails the task before anything is revoked, so a typo cannot report
+        V(changed) while the real certificate stays valid. The check reads the org's agents through the admin
+        listing, else through O(db_dsn).
+    type: bool
+    default: false
   certs:
     description:
       - Certificates, each as PEM contents or the path of a PEM file. Only the first certificate of each entry
@@ -156,6 +167,11 @@ unpinned_agents:
   returned: always
   type: list
   elements: str
+unknown_serials:
+  description: Serials of O(serials) that match no certificate of the org (revoked only with O(allow_unknown_serials)).
+  returned: always
+  type: list
+  elements: str
 discovery:
   description: How agents were found - C(api) (admin listing), C(database), or null without O(all_agents).
   returned: always
@@ -184,11 +200,17 @@ def collect_targets(params):
     """Targets from serials and certs, normalised; raises SerialError naming every bad entry."""
     targets, errors = [], []
     org_id = params.get('org_id')
-    for raw in params['serials']:
+    for index, raw in enumerate(params['serials']):
+        if not isinstance(raw, str):
+            errors.append("serials[%d] is %r, a YAML %s, not a string: YAML reads unquoted serials as numbers "
+                          "(0100 becomes 64, 0x1F becomes 31), so it would revoke another serial; quote every "
+                          "serial (\"0100\")" % (index, raw, type(raw).__name__))
+            continue
         try:
-            targets.append(dict(serial_hex=normalize_serial(raw), org_id=org_id, agent_id=None, not_after=None))
+            targets.append(dict(serial_hex=normalize_serial(raw), org_id=org_id, agent_id=None, not_after=None,
+                                source='serials'))
         except SerialError as e:
-            errors.append(str(e))
+            errors.append("serials[%d]: %s" % (index, e))
     for index, entry in enumerate(params['certs']):
         try:
             info = cert_info_from_entry(entry, index)
@@ -254,7 +276,8 @@ def run_module():
     argument_spec = broker_argument_spec()
     argument_spec.update(broker_db_argument_spec())
     argument_spec.update(
-        serials=dict(type='list', elements='str', default=[]),
+        serials=dict(type='list', elements='raw', default=[]),
+        allow_unknown_serials=dict(type='bool', default=False),
         certs=dict(type='list', elements='str', default=[]),
         org_id=dict(type='str'),
         all_agents=dict(type='bool', default=False),
@@ -269,7 +292,7 @@ def run_module():
     )
     p = module.params
     result = dict(changed=False, revoked=[], already_revoked=[], failures=[], would_revoke=[], agents=[],
-                  unpinned_agents=[], discovery=None, counts={})
+                  unpinned_agents=[], unknown_serials=[], discovery=None, counts={})
     if not p['admin_secret']:
         module.fail_json(msg="admin_secret is required (or the environment variable CULLIS_ADMIN_SECRET): the "
                          "broker's ADMIN_SECRET from its .env", **result)
@@ -322,6 +345,7 @@ def run_module():
         done = set()
         for org in sorted(set(t['org_id'] for t in targets)):
             done |= revoked_serials(client, org)
+        result['unknown_serials'] = unknown_serials(module, client, db_factory, targets, done, result)
     except (OrgError, BrokerError, BrokerDBError) as e:
         module.fail_json(msg="nothing was revoked: %s" % e, **result)
     finally:
@@ -349,6 +373,41 @@ def run_module():
                          % (len(result['failures']), len(todo), len(result['revoked']),
                             len(result['already_revoked']), first['serial_hex'], first['error']), **result)
     module.exit_json(**result)
+
+
+def unknown_serials(module, client, db_factory, targets, done, result):
+    """Serials given in `serials` that match no certificate of the org (nor its revoked list).
+
+    A typo must not be "revoked" with changed=true while the real certificate stays valid: fail,
+    unless allow_unknown_serials=true (then warn and list them)."""
+    p = module.params
+    wanted = [t for t in targets if t.get('source') == 'serials' and t['serial_hex'] not in done]
+    if not wanted:
+        return []
+    org = p['org_id']
+    if result['agents']:
+        known = set(a['serial_hex'] for a in result['agents'] if a['serial_hex'])
+    else:
+        try:
+            agents, _source = discover_org_agents(client, org, db_factory)
+        except OrgError as e:
+            if p['allow_unknown_serials']:
+                module.warn("could not check that the serials belong to org %r (%s); revoking them as given"
+                            % (org, e))
+                return []
+            raise OrgError("cannot check that the serials belong to org %r: %s. Set db_dsn, or "
+                           "allow_unknown_serials: true to revoke them unchecked" % (org, e))
+        known = set(a['serial_hex'] for a in agents if a['serial_hex'])
+    unknown = [t['serial_hex'] for t in wanted if t['serial_hex'] not in known]
+    if unknown and not p['allow_unknown_serials']:
+        raise OrgError("serial(s) %s match no certificate of org %r (nor its revoked list): a typo would leave the "
+                       "real certificate valid. Check the serials (openssl x509 -noout -serial -in CERT), or set "
+                       "allow_unknown_serials: true to revoke them anyway (a certificate no longer pinned to an agent)"
+                       % (', '.join(unknown), org))
+    if unknown:
+        module.warn("serial(s) %s match no certificate of org %r; revoked anyway (allow_unknown_serials=true)"
+                    % (', '.join(unknown), org))
+    return unknown
 
 
 def counts(targets, result):

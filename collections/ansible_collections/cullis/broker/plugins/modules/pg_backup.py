@@ -20,7 +20,10 @@ description:
     new database with every SQL error fatal, compares the row counts with the manifest, then swaps
     it in by rename, keeping the replaced database as C(<db>_pre_restore_<timestamp>).
   - V(verified) restores into a scratch database and compares row counts (O(quick=true) checks
-    only the checksum and the encryption), then records the result in the manifest.
+    only the checksum and the encryption). It is read-only unless O(record=true), which writes the
+    result into the manifest (what C(backup_set state=latest verified_only=true) and retention read).
+    A key problem (no key, a key file others can read, not the key the backup was made with) fails
+    with "cannot verify with this key" and is never recorded.
   - V(pruned) applies O(keep_last) / O(keep_days) and never deletes the newest verified backup.
   - Plain C(.sql.gz) files made by the runbook's C(scripts/pg-backup.sh) (no manifest) restore too.
 version_added: 1.0.0
@@ -82,6 +85,8 @@ options:
       - File holding a 256-bit key (32 raw bytes, 64 hex characters or base64). When set, V(custom)
         and V(plain) backups are encrypted with AES-256-GCM in 1 MiB authenticated chunks (memory
         use does not grow with the dump). Needed again to verify or restore them.
+      - Like every key file of the collection it must be readable by its owner only (mode 0600);
+        a file group or others can read is refused.
     type: path
   keep_last:
     description: With V(pruned) (or after V(present)), keep the newest N backups of O(database).
@@ -91,6 +96,12 @@ options:
     type: int
   quick:
     description: With V(verified), check checksum and encryption only, no scratch restore.
+    type: bool
+    default: false
+  record:
+    description:
+      - With V(verified), write the result (C(ok) or C(failed), mode, time, error) into the manifest's
+        C(verification). Without it verification changes nothing. Key problems are never recorded.
     type: bool
     default: false
   confirm:
@@ -125,12 +136,13 @@ EXAMPLES = r"""
     keep_last: 7
   no_log: false
 
-- name: Verify the newest backup by restoring it into a scratch database
+- name: Verify the newest backup by restoring it into a scratch database, and record the result
   cullis.broker.pg_backup:
     state: verified
     database: agent_trust
     dest: /var/backups/cullis
     encryption_key_file: /etc/cullis/backup.key
+    record: true
 
 - name: Restore a runbook-made dump over the live database
   cullis.broker.pg_backup:
@@ -251,8 +263,8 @@ class PgBackup(object):
         if self.key is None and self.p['encryption_key_file']:
             self.key = pb.load_key(self.p['encryption_key_file'])
         if self.key is None and required_for:
-            raise pb.BackupError("%s is encrypted; set encryption_key_file to the key it was made with"
-                                 % required_for)
+            raise pb.KeyProblem("%s is encrypted; set encryption_key_file to the key it was made with"
+                                % required_for)
         return self.key
 
     def dest_dir(self):
@@ -283,11 +295,11 @@ class PgBackup(object):
                 self.plan.append("create directory %s" % dest)
             self.result['changed'] = True
             return
+        version = self.conn.server_version()  # the server answers before anything is written
         if not os.path.isdir(dest):
             os.makedirs(dest, 0o700)
         with pb.BackupLock(dest, db):
             self._remove_stale_partials(dest, db)
-            version = self.conn.server_version()
             with self.conn.session(db) as s:
                 s.query("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;")
                 snapshot = s.query("SELECT pg_export_snapshot();")[0][0]
@@ -425,8 +437,16 @@ class PgBackup(object):
         if fmt == 'directory':
             return fmt, False
         # full read: authenticates every chunk and checks gzip CRC / length before any restore
-        for _block in self.plain_stream(path, fmt, encrypted):
-            pass
+        try:
+            for _block in self.plain_stream(path, fmt, encrypted):
+                pass
+        except pb.AuthenticationFailed as e:
+            if manifest:
+                # the file is byte for byte what was written (its SHA-256 matched): the key is wrong
+                raise pb.KeyProblem("%s is intact (its SHA-256 matches the manifest) but does not decrypt with "
+                                    "encryption_key_file %s: that is not the key it was made with (%s)"
+                                    % (name, self.p['encryption_key_file'], e))
+            raise
         if encrypted:
             self.plan.append("decrypted and authenticated every chunk of %s" % name)
         if fmt == 'plain':
@@ -575,6 +595,9 @@ class PgBackup(object):
             self.compare_counts(manifest, staging)
         except Exception:
             self.drop_database(staging)
+            # the staging database is gone again and the live one was never touched: no change
+            self.result['changed'] = False
+            self.plan.append("dropped %s again; %s was not touched" % (staging, target))
             raise
         if exists:
             self.result['terminated_connections'] = self.swap_out(target, previous)
@@ -612,6 +635,9 @@ class PgBackup(object):
 
     # -- verified ------------------------------------------------------------------------------
     def verify(self):
+        """Read-only unless record=true. A key problem (missing, too open, not the key the backup
+        was made with) says "cannot verify with this key" and is never recorded: it is the
+        operator's error, not evidence that the backup is corrupt."""
         path, manifest = self.select(prefer_verified=False)
         self.result['backup_path'] = path
         self.result['manifest'] = manifest
@@ -629,17 +655,33 @@ class PgBackup(object):
                     finally:
                         self.drop_database(scratch)
             record['status'] = 'ok'
+        except pb.KeyProblem as e:
+            self.plan.append("not verified and nothing recorded: the key is the problem, not the backup")
+            raise pb.KeyProblem("cannot verify with this key: %s. Nothing was recorded in the manifest." % e)
         except (pb.BackupError, PostgresError) as e:
             record['error'] = to_native(e)
+            self._record(path, manifest, record)
             raise
-        finally:
-            record['at'] = pb.utc_iso(time.time())
-            if manifest and not self.module.check_mode:
-                manifest['verification'] = record
-                pb.write_json_atomic(pb.manifest_path(path), manifest)
-                self.result['changed'] = True
-                self.result['manifest'] = manifest
+        self._record(path, manifest, record)
         self.result['verification'] = record
+
+    def _record(self, path, manifest, record):
+        record['at'] = pb.utc_iso(time.time())
+        self.result['verification'] = record
+        if not (self.p['record'] and manifest):
+            return
+        self.plan.append("record verification %s in %s" % (record['status'], pb.manifest_path(path)))
+        self.result['changed'] = True
+        if self.module.check_mode:
+            return
+        manifest['verification'] = record
+        try:
+            pb.write_json_atomic(pb.manifest_path(path), manifest)
+        except (IOError, OSError) as e:
+            self.result['changed'] = False
+            raise pb.BackupError("verification %s, but recording it failed: %s"
+                                 % (record['status'], pb.describe_os_error(e, pb.manifest_path(path))))
+        self.result['manifest'] = manifest
 
     # -- pruned --------------------------------------------------------------------------------
     def prune(self):
@@ -676,6 +718,7 @@ def main():
         keep_last=dict(type='int'),
         keep_days=dict(type='int'),
         quick=dict(type='bool', default=False),
+        record=dict(type='bool', default=False),
         confirm=dict(type='bool', default=False),
         no_owner=dict(type='bool', default=False),
     )
@@ -693,6 +736,11 @@ def main():
         {'present': job.backup, 'restored': job.restore, 'verified': job.verify, 'pruned': job.prune}[p['state']]()
     except (pb.BackupError, PostgresError) as e:
         module.fail_json(msg=job.conn.scrub(to_native(e)), **job.result)
+    except (IOError, OSError) as e:
+        # any file-system error not handled above: named, with the path, never a traceback
+        where = getattr(e, 'filename', None) or p.get('dest') or p.get('path') or '.'
+        module.fail_json(msg=job.conn.scrub("state=%s failed: %s" % (p['state'], pb.describe_os_error(e, where))),
+                         **job.result)
     module.exit_json(**job.result)
 
 

@@ -37,7 +37,7 @@ options:
     description: Redis password. Overrides O(env_file).
     type: str
   env_file:
-    description: The stack's C(.env); C(REDIS_URL) or C(REDIS_PASSWORD) supply the password.
+    description: The stack's C(.env); C(REDIS_URL) or C(REDIS_PASSWORD) supply the password. A missing file is reported as a warning.
     type: path
   timeout:
     description: Seconds for connect and reply.
@@ -80,6 +80,7 @@ password_source:
   returned: always
 """
 
+import os
 import socket
 import time
 
@@ -177,6 +178,9 @@ def main():
     p = module.params
     password, port, source = None, None, 'none'
     if p['env_file']:
+        if not os.path.isfile(p['env_file']):
+            module.warn("env_file %s does not exist (the stack's .env, cullis_env_file): no password from it"
+                        % p['env_file'])
         password, port, source = password_from_env(read_env_file(p['env_file']))
     if p['password']:
         password, source = p['password'], 'option'

@@ -300,6 +300,8 @@ def main():
     )
     p = module.params
     stack_dir = p['stack_dir']
+    if not os.path.isdir(stack_dir):
+        module.warn("stack_dir %s does not exist: every service is reported down (check cullis_stack_dir)" % stack_dir)
     env = read_env_file(p['env_file'] or os.path.join(stack_dir, '.env'))
     redact = Redactor(secret_values_from_env(env))
     try:

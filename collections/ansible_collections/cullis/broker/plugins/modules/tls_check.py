@@ -231,6 +231,11 @@ targets:
     days_left:
       description: Whole days until RV(targets[].not_after); negative once expired.
       type: int
+    expiry:
+      description: The same in words, for reports - C(expires in 12 days), C(expires today), C(expired today),
+        C(expired 2 days ago).
+      type: str
+      sample: expired 2 days ago
     expired:
       description: Whether notAfter is in the past.
       type: bool
@@ -381,6 +386,10 @@ def check_target(target, timeout):
         valid, error = _tls.verify_chain(leaf, certs[1:], trust, description, now)
         result.update(chain_valid=valid, chain_error=error)
         status, problems = _tls.evaluate(result, target['warn_days'], target['critical_days'])
+        order = _tls.order_problem(certs, target.get('path') or source) if target['kind'] == 'path' else None
+        if order:
+            status = 'critical'
+            problems.insert(0, order)
         result.update(status=status, problems=problems, error=None)
     except _tls.TLSCheckError as exc:
         result.update(status='unknown', error=str(exc), problems=[str(exc)])

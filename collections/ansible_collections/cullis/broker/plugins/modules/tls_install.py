@@ -135,6 +135,7 @@ problems:
   elements: str
 '''
 
+import errno
 import os
 import tempfile
 
@@ -157,6 +158,10 @@ def validate(cert_pem, key_pem, chain_pem, trust, trust_description, hostnames, 
     certs = _tls.load_pem_certificates(cert_pem, source)
     if chain_pem:
         certs += _tls.load_pem_certificates(chain_pem, 'the chain file')
+    order = _tls.order_problem(certs, source)
+    if order:
+        # a misordered file would otherwise be blamed on the key and the SANs of the intermediate
+        return certs[0], certs[1:], [order]
     leaf, intermediates = certs[0], certs[1:]
     now = _tls.utcnow()
     facts = _tls.cert_facts(leaf, now)
@@ -172,7 +177,7 @@ def validate(cert_pem, key_pem, chain_pem, trust, trust_description, hostnames, 
         if not _tls.hostname_matches(leaf, name):
             problems.append('the certificate does not cover %s (SANs: %s)' % (name, ', '.join(facts['sans']) or 'none'))
     if facts['expired']:
-        problems.append('the certificate expired on %s' % facts['not_after'])
+        problems.append('the certificate expired on %s (%s)' % (facts['not_after'], facts['expiry']))
     elif facts['not_yet_valid']:
         problems.append('the certificate is not valid before %s' % facts['not_before'])
     elif facts['days_left'] < critical_days:
@@ -196,20 +201,31 @@ def _current_leaf(path):
         return None
 
 
-def _atomic_write(module, dest, data, mode):
-    dest_dir = os.path.dirname(dest) or '.'
-    if not os.path.isdir(dest_dir):
-        module.fail_json(msg='the directory of %s does not exist; create it first' % dest)
-    fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix='.tls_install-')
+def _install(module, pending):
+    """Write every pending file to a temp file beside it first, then rename them all: a failure
+    while writing (full or read-only disk, missing directory) leaves every current file as it was,
+    never a new certificate with the old key."""
+    staged = []
     try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, 'wb') as f:
-            f.write(data)
-        os.rename(tmp, dest)
+        for dest, data, mode in pending:
+            dest_dir = os.path.dirname(dest) or '.'
+            if not os.path.isdir(dest_dir):
+                raise OSError(errno.ENOENT, 'the directory %s does not exist; create it first' % dest_dir, dest)
+            fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix='.tls_install-')
+            staged.append((tmp, dest))
+            os.fchmod(fd, mode)
+            with os.fdopen(fd, 'wb') as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
     except (IOError, OSError) as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        module.fail_json(msg='cannot write %s: %s' % (dest, exc.strerror or exc))
+        for tmp, _dest in staged:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        module.fail_json(msg='cannot write %s: %s; nothing was installed, the current files are unchanged'
+                         % (getattr(exc, 'filename', None) or dest, exc.strerror or exc))
+    for tmp, dest in staged:
+        os.rename(tmp, dest)
 
 
 def _differs(path, data, mode):
@@ -242,6 +258,8 @@ def main():
     p = module.params
     if not p['hostnames']:
         module.fail_json(msg='hostnames is empty: give the names clients use to reach the server')
+    if p['dest_ca'] and (not p['ca_path'] or os.path.isdir(p['ca_path'])):
+        module.fail_json(msg='dest_ca needs ca_path to be a CA certificate file; nothing was installed')
     cert_pem = _read(module, p['cert'], 'certificate')
     key_pem = _read(module, p['key'], 'private key')
     chain_pem = _read(module, p['chain'], 'chain') if p['chain'] else None
@@ -260,14 +278,11 @@ def main():
         key_pem += b'\n'
     writes = [(p['dest_cert'], fullchain, 0o644), (p['dest_key'], key_pem, 0o600)]
     if p['dest_ca']:
-        if not p['ca_path'] or os.path.isdir(p['ca_path']):
-            module.fail_json(msg='dest_ca needs ca_path to be a CA certificate file')
         writes.append((p['dest_ca'], _read(module, p['ca_path'], 'CA certificate'), 0o644))
     pending = [w for w in writes if _differs(*w)]
     previous = _current_leaf(p['dest_cert'])
     if pending and not module.check_mode:
-        for dest, data, mode in pending:
-            _atomic_write(module, dest, data, mode)
+        _install(module, pending)
     facts = _tls.cert_facts(leaf)
     result = dict(changed=bool(pending), subject=facts['subject'], sans=facts['sans'],
                   not_after=facts['not_after'], days_left=facts['days_left'],

@@ -15,6 +15,8 @@ description:
     C(sys/health) and C(sys/leader), and reports them. Changes nothing and needs no token.
   - An unreachable node is reported (C(reachable=false)) rather than failing the task, so one
     dead node does not hide the state of the others. Set O(fail_on_unreachable=true) to fail instead.
+  - A node whose certificate is not trusted with O(ca_cert) (CERTIFICATE_VERIFY_FAILED) is not
+    unreachable - it answered - so the task fails naming the TLS trust problem (RV(untrusted_nodes)).
 version_added: 0.1.0
 author: Cullis operations team (@cullis)
 extends_documentation_fragment:
@@ -68,6 +70,7 @@ nodes:
     url: {description: The node address., type: str}
     reachable: {description: The node answered., type: bool}
     error: {description: "Why it could not be read, or null.", type: str}
+    error_kind: {description: "V(unreachable), V(tls_trust) (certificate not trusted with O(ca_cert)), V(tls), V(http), or null.", type: str}
     health: {description: "V(active), V(standby), V(perfstandby), V(sealed), V(uninitialized) or V(error).", type: str}
     initialized: {description: Initialised., type: bool}
     sealed: {description: Sealed., type: bool}
@@ -97,6 +100,12 @@ unreachable_nodes:
   returned: always
   type: list
   elements: str
+untrusted_nodes:
+  description: Addresses whose certificate is not trusted with O(ca_cert); any makes the task fail
+    (a wrong CA is a configuration error, not a Vault outage).
+  returned: always
+  type: list
+  elements: str
 active_node:
   description: Address of the node reporting itself active, or null.
   returned: always
@@ -112,7 +121,7 @@ def read_node(client):
     try:
         status = client.seal_status()
     except VaultError as e:
-        rep = node_report(client.url, error=str(e))
+        rep = node_report(client.url, error=str(e), error_kind=e.kind)
         rep['health'] = 'error'
         return rep
     leader, health = {}, 'error'
@@ -136,9 +145,14 @@ def main():
         nodes=nodes,
         all_unsealed=all(n['reachable'] and n['sealed'] is False for n in nodes),
         sealed_nodes=[n['url'] for n in nodes if n['reachable'] and n['sealed']],
-        unreachable_nodes=[n['url'] for n in nodes if not n['reachable']],
+        unreachable_nodes=[n['url'] for n in nodes if not n['reachable'] and n['error_kind'] != 'tls_trust'],
+        untrusted_nodes=[n['url'] for n in nodes if n['error_kind'] == 'tls_trust'],
         active_node=next((n['url'] for n in nodes if n.get('health') == 'active'), None),
     )
+    if result['untrusted_nodes']:
+        # A wrong CA is a configuration error, not a state of Vault: reporting such a node as
+        # unreachable would send an operator (or a playbook) to restart a healthy service.
+        module.fail_json(msg='; '.join(n['error'] for n in nodes if n['error_kind'] == 'tls_trust'), **result)
     if module.params['fail_on_unreachable'] and result['unreachable_nodes']:
         module.fail_json(msg='; '.join(n['error'] for n in nodes if not n['reachable']), **result)
     module.exit_json(**result)

@@ -56,7 +56,9 @@ options:
     description: An C(operator init -format=json) document; its C(root_token) is used (never logged).
     type: path
   encryption_key_file:
-    description: 256-bit key file; encrypts the saved snapshot, decrypts it on restore.
+    description:
+      - 256-bit key file; encrypts the saved snapshot, decrypts it on restore.
+      - Must be readable by its owner only (mode 0600); a file group or others can read is refused.
     type: path
   confirm:
     description: Must be V(true) for V(restored) (all Vault data is replaced).
@@ -125,7 +127,7 @@ from ansible.module_utils.common.text.converters import to_native
 
 from ansible_collections.cullis.broker.plugins.module_utils import _pg_backup as pb
 from ansible_collections.cullis.broker.plugins.module_utils._vault import (
-    VaultClient, VaultError, KeysError, read_root_token, vault_argument_spec)
+    VaultClient, VaultError, KeysError, read_root_token, tls_error, vault_argument_spec)
 
 KIND = 'cullis.broker.vault_snapshot/v1'
 
@@ -157,7 +159,7 @@ class Job(object):
             return conn, conn.getresponse()
         except ssl.SSLError as e:
             conn.close()
-            raise VaultError("TLS error talking to %s: %s (check ca_cert)" % (self.client.url, e))
+            raise tls_error(self.client.url, e, self.p['ca_cert'])
         except (socket.timeout, OSError) as e:
             conn.close()
             raise VaultError("Vault %s is unreachable: %s" % (self.client.url, e))
@@ -165,6 +167,7 @@ class Job(object):
     def save(self):
         path = self.p['path']
         key = pb.load_key(self.p['encryption_key_file']) if self.p['encryption_key_file'] else None
+        self.token()  # inputs are validated before anything is written
         start = time.time()
         if os.path.isdir(path) or path.endswith('/'):
             path = os.path.join(path, 'vault_%s.snap%s' % (pb.utc_stamp(start), '.enc' if key else ''))
@@ -175,7 +178,10 @@ class Job(object):
             return
         directory = os.path.dirname(path) or '.'
         if not os.path.isdir(directory):
-            os.makedirs(directory, 0o700)
+            try:
+                os.makedirs(directory, 0o700)
+            except (IOError, OSError) as e:
+                raise pb.BackupError("cannot create the snapshot directory: %s" % pb.describe_os_error(e, directory))
         conn, resp = self._http('GET', 'sys/storage/raft/snapshot')
         try:
             if resp.status != 200:
@@ -219,7 +225,7 @@ class Job(object):
             source = path
             if encrypted:
                 if not self.p['encryption_key_file']:
-                    raise pb.BackupError("%s is encrypted; set encryption_key_file" % os.path.basename(path))
+                    raise pb.KeyProblem("%s is encrypted; set encryption_key_file" % os.path.basename(path))
                 key = pb.load_key(self.p['encryption_key_file'])
                 fd, tmp = tempfile.mkstemp(prefix='.vault-restore-', dir=os.path.dirname(path) or '.')
                 os.fchmod(fd, 0o600)
@@ -289,6 +295,9 @@ def main():
         job.save() if module.params['state'] == 'present' else job.restore()
     except (pb.BackupError, VaultError, KeysError) as e:
         module.fail_json(msg=to_native(e))
+    except (IOError, OSError) as e:
+        module.fail_json(msg="state=%s failed: %s" % (
+            module.params['state'], pb.describe_os_error(e, getattr(e, 'filename', None) or module.params['path'])))
     module.exit_json(**job.result)
 
 

@@ -114,10 +114,11 @@ nodes:
     url: {description: The node address., type: str, sample: https://127.0.0.1:8200}
     reachable: {description: Whether the node answered., type: bool}
     error: {description: "Why the node failed (no secret in it), or null.", type: str}
+    error_kind: {description: "V(unreachable), V(tls_trust) (certificate not trusted with O(ca_cert)), V(tls), V(vault) (Vault refused), or null.", type: str}
     action:
       description: >-
         V(none) (already unsealed), V(unsealed), V(would_unseal) (check mode),
-        V(failed), V(unreachable), V(impossible) (not enough distinct keys), V(uninitialized).
+        V(failed), V(unreachable), V(tls_untrusted) (wrong CA, no key sent), V(impossible) (not enough distinct keys), V(uninitialized).
       type: str
     initialized: {description: Node initialised., type: bool}
     sealed: {description: Sealed after the run., type: bool}
@@ -190,8 +191,9 @@ class NodeUnsealer(object):
         try:
             status = c.seal_status()
         except VaultError as e:
-            rep = node_report(c.url, error=str(e))
-            rep.update(action='unreachable', keys_submitted=0, key_positions=[], progress_reset=False)
+            rep = node_report(c.url, error=str(e), error_kind=e.kind)
+            rep.update(action='tls_untrusted' if e.kind == 'tls_trust' else 'unreachable', keys_submitted=0,
+                       key_positions=[], progress_reset=False)
             return rep, False
         plan = plan_unseal(status, len(self.keys))
         positions = [pair[0] for pair in self.keys[:plan["submit"]]]
@@ -268,6 +270,7 @@ class NodeUnsealer(object):
         rep = node_report(self.client.url, seal_status=status, leader=leader, error=None)
         rep['reachable'] = status is not None or action != 'unreachable'
         rep['error'] = error
+        rep['error_kind'] = None if error is None else 'vault'
         rep['action'] = action
         rep.update(extra)
         return rep
