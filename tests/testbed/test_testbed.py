@@ -1,0 +1,185 @@
+"""The multi-host test bed itself (issue 11): engine lifecycle, images, hosts over SSH.
+
+Run: `pytest tests/testbed` (root; builds the images on first run, cache hits afterwards).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from testkit.ansible import run_playbook
+from testkit.docker_engine import DockerEngine, docker_available, dockerd_pids, network_snapshot
+from testkit.docker_images import ImageBuilder
+from testkit.testbed import ISSUE11_TOPOLOGY, SSH_COMMON_ARGS, stack_listeners_on_controller
+
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.skipif(docker_available() is not None, reason=str(docker_available()))
+
+
+def _net_state(snapshot: dict) -> dict:
+    return {k: snapshot[k] for k in ("nft_tables", "legacy_chains", "docker0", "ip_forward")}
+
+
+# The two engine tests use their own cache dir (an empty data root: no image needed), so they do
+# not wait for nor disturb the session engine.
+
+def test_engine_starts_and_stops_cleanly(tmp_path):
+    before = network_snapshot()
+    engine = DockerEngine(cache=tmp_path / "cache").start()
+    pid, tmp = engine.pid, engine.tmp
+    assert engine.client.ping()
+    assert Path(f"/proc/{pid}").exists()
+    during = network_snapshot()
+    if ["ip", "nat"] not in before["nft_tables"] and before["iptables"] == "nft":
+        assert ["ip", "nat"] in during["nft_tables"], "dockerd set up no NAT: the cleanup proves nothing"
+        assert during["ip_forward"] == "1"
+    report = engine.stop()
+    assert report["exit"] == 0
+    assert not Path(f"/proc/{pid}").exists()
+    assert not tmp.exists()
+    assert not Path("/sys/class/net/docker0").exists() or before["docker0"]
+    after = network_snapshot()
+    if dockerd_pids():  # another engine shares the tables: they must be left as they are
+        assert after["nft_tables"] == during["nft_tables"]
+    else:
+        assert _net_state(after) == _net_state(before), report
+
+
+def test_engine_recovers_from_a_dead_run(tmp_path):
+    """A session killed with SIGKILL leaves dockerd, a labelled container and the network behind."""
+    cache = tmp_path / "cache"
+    before = network_snapshot()
+    script = textwrap.dedent(f"""
+        import io, os, signal, tarfile
+        from testkit.docker_engine import DockerEngine, LABEL
+        e = DockerEngine(cache={str(cache)!r}).start()
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            info = tarfile.TarInfo("hello"); info.size = 2; tar.addfile(info, io.BytesIO(b"hi"))
+        e.client.api.import_image_from_data(buf.getvalue(), repository="leftover", tag="1")
+        e.client.containers.create("leftover:1", command=["/hello"], labels={{LABEL: "1"}}, name="leftover")
+        print(e.pid, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    old_pid = int(proc.stdout.split()[-1])
+    assert Path(f"/proc/{old_pid}").exists(), "the dead run's dockerd should still be running"
+
+    engine = DockerEngine(cache=cache).start()
+    try:
+        recovered = engine.cleanup_report["recovered"]
+        assert recovered["killed"] == old_pid
+        assert not Path(f"/proc/{old_pid}").exists()
+        assert engine.cleanup_report["leftovers_removed"]["containers"] == ["leftover"]
+        assert engine.client.containers.list(all=True) == []
+        assert engine.slot == 0  # the dead run's slot was taken over, not a new one
+    finally:
+        engine.stop()
+    if not dockerd_pids():
+        assert _net_state(network_snapshot()) == _net_state(before)
+
+
+def test_second_image_build_is_a_cache_hit(docker_engine, testbed_images):
+    reports = ImageBuilder(docker_engine).ensure_all(("bare",))
+    assert [r.built for r in reports.values()] == [False, False], [str(r) for r in reports.values()]
+    assert reports["bare"].tag == testbed_images["bare"].tag
+    assert reports["bare"].tag.startswith("cullis-testbed/bare:")
+
+
+def test_hosts_reach_each_other_by_name(split_testbed):
+    probe = ("import socket; s = socket.create_connection(('postgres', 22), 5); "
+             "print(socket.gethostname(), s.recv(8).decode())")
+    out = split_testbed.exec("broker1", ["python3", "-c", probe], check=True).output
+    assert out.split() == ["broker1", "SSH-2.0-"]
+    # and nothing of the stack is installed on a bare host
+    for tool in ("postgres", "redis-server", "nginx", "bao", "supervisord"):
+        assert split_testbed.exec("broker1", f"command -v {tool}").rc != 0, tool
+
+
+def test_ansible_ping_over_ssh_to_all_six_hosts(split_testbed, tmp_path):
+    inventory = split_testbed.write_inventory(tmp_path / "inventory.yml")
+    playbook = tmp_path / "ping.yml"
+    playbook.write_text(textwrap.dedent("""
+        - hosts: cullis_stack
+          gather_facts: false
+          tasks:
+            - name: ping
+              ansible.builtin.ping:
+            - name: facts
+              ansible.builtin.setup:
+                gather_subset: [min]
+            - name: each host is its own machine, named as in the inventory
+              ansible.builtin.assert:
+                that:
+                  - ansible_facts.hostname == inventory_hostname
+                  - cullis_address == inventory_hostname
+                  - ansible_facts.user_id == 'root'
+    """))
+    t0 = time.monotonic()
+    result = run_playbook(playbook, inventory=inventory)
+    assert result.rc == 0, result.output[-3000:]
+    assert sorted(result.stats) == sorted(ISSUE11_TOPOLOGY)
+    assert all(s["ok"] == 3 and s["failures"] == 0 and s["unreachable"] == 0 for s in result.stats.values())
+    print(f"ansible ping + facts on six hosts: {time.monotonic() - t0:.1f}s")
+    groups = subprocess.run([str(Path(sys.executable).parent / "ansible-inventory"), "-i", str(inventory),
+                             "--list"], capture_output=True, text=True, check=True).stdout
+    data = json.loads(groups)
+    assert sorted(data["cullis_broker"]["hosts"]) == ["broker1", "broker2"]
+    assert sorted(data["cullis_stack"]["children"]) == [
+        "cullis_broker", "cullis_postgres", "cullis_proxy", "cullis_redis", "cullis_vault"]
+    assert os.stat(split_testbed.ssh_key).st_mode & 0o777 == 0o600
+
+
+def _ssh(bed, host: str, command: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    h = bed.hosts[host]
+    argv = ["ssh", "-i", str(bed.ssh_key), "-p", str(h.ssh_port), *SSH_COMMON_ARGS.split(),
+            "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", "root@127.0.0.1", command]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+
+
+def test_apt_and_pip_work_inside_a_bare_host(testbed_factory):
+    bed = testbed_factory({"probe": ["probe"]}, name="aptprobe")
+    apt = bed.exec("probe", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
+                            "--no-install-recommends postgresql-client-15 python3-pip")
+    assert apt.rc == 0, apt.output[-2000:]
+    assert bed.exec("probe", ["psql", "--version"]).output.startswith("psql (PostgreSQL) 15")
+    # over SSH, as Ansible gets it: /etc/environment gives pip the machine's CA bundle
+    pip = _ssh(bed, "probe", "cd /tmp && python3 -m pip download -q --no-deps port-for==1.1.1 && ls")
+    assert pip.returncode == 0, pip.stderr[-2000:]
+    assert "port_for-1.1.1" in pip.stdout
+
+
+def test_host_kill_and_start_keep_name_and_port(testbed_factory):
+    bed = testbed_factory({"one": ["g"], "two": ["g"]}, name="killprobe")
+    port = bed.hosts["one"].ssh_port
+    bed.kill("one")
+    assert not bed.running("one")
+    assert bed.exec("two", ["getent", "hosts", "one"]).rc != 0  # gone from the network
+    bed.start_host("one")
+    assert bed.hosts["one"].ssh_port == port
+    assert _ssh(bed, "one", "hostname").stdout.strip() == "one"
+    assert bed.exec("two", ["getent", "hosts", "one"]).rc == 0
+
+
+def test_controller_listener_check(split_testbed, docker_engine):
+    ssh_ports = [h.ssh_port for h in split_testbed.hosts.values()]
+    # the engine's published SSH ports are not stack services
+    assert stack_listeners_on_controller(ssh_ports, engine=docker_engine) == {}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        found = stack_listeners_on_controller([port], engine=docker_engine)
+        assert found[port][0]["pid"] == os.getpid()
