@@ -13,7 +13,9 @@
   the host network is put back: the nftables tables `ip nat` / `ip filter` that dockerd created
   (dockerd 20.10 drives iptables, which is `iptables-nft` on Debian 12; with `iptables-legacy`
   its DOCKER* chains are removed instead), `docker0` if it appeared, and `net.ipv4.ip_forward`
-  back to its previous value. Shared state is left alone while another dockerd is running.
+  back to its previous value. Shared state is left alone while another dockerd is running: the
+  state from before the first engine started is recorded machine-wide (`PRISTINE`, in /run, so a
+  reboot forgets it with the network state it describes) and the last engine to stop restores it.
 
 A previous run that died is cleaned up at the next start of the same slot: its `state.json`
 names its dockerd PID (killed only if that PID is still a dockerd on this slot's data root), its
@@ -22,6 +24,7 @@ in the data root that carry the kit's label (`LABEL`) are removed once the engin
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -108,6 +111,32 @@ def network_snapshot() -> dict:
     }
 
 
+PRISTINE = Path(os.environ.get("CULLIS_TESTBED_RUN_DIR", "/run")) / "cullis-testbed-network.json"
+
+
+@contextlib.contextmanager
+def _network_lock():
+    """Machine-wide lock around "snapshot + start dockerd" and "stop + restore"."""
+    PRISTINE.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(PRISTINE.with_suffix(".lock"), os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def pristine_network() -> dict:
+    """The host network before the first of the running engines started (recorded when needed)."""
+    if not dockerd_pids():
+        snapshot = network_snapshot()
+        PRISTINE.write_text(json.dumps(snapshot))
+        return snapshot
+    if PRISTINE.exists():
+        return json.loads(PRISTINE.read_text())
+    return network_snapshot()  # a dockerd that is not ours runs: its state is not ours to undo
+
+
 def dockerd_pids() -> list[int]:
     """PIDs of every running dockerd (read from /proc; used only to decide what is shared)."""
     pids = []
@@ -153,6 +182,7 @@ def restore_network(before: dict, *, log=print) -> list[str]:
             for chain in new:
                 subprocess.run(["iptables-legacy", "-t", table, "-X", chain], check=False)
             undone.append(f"iptables-legacy {table} chains {new}")
+    PRISTINE.unlink(missing_ok=True)
     if not before.get("docker0") and _link_exists("docker0"):
         subprocess.run(["ip", "link", "delete", "docker0"], check=True)
         undone.append("link docker0")
@@ -248,7 +278,8 @@ class DockerEngine:
             report["killed"] = pid
         old_tmp = Path(state["tmp"]) if state.get("tmp") else None
         _unmount_under(self.data_root, old_tmp)
-        report["network_undone"] = restore_network(state.get("before", {}), log=self.log)
+        with _network_lock():
+            report["network_undone"] = restore_network(state.get("before", {}), log=self.log)
         if old_tmp and old_tmp.exists():
             shutil.rmtree(old_tmp, ignore_errors=True)
         state_file.unlink()
@@ -279,16 +310,17 @@ class DockerEngine:
         t0 = time.monotonic()
         self._acquire_slot()
         self._recover_dead_run()
-        self.before = network_snapshot()
         # short path: the unix sockets of dockerd/containerd must stay under 108 bytes
         self.tmp = Path(tempfile.mkdtemp(prefix="cullis-dk-", dir="/tmp"))
         (self.tmp / "config").mkdir()
-        self.proc = ManagedProcess(
-            ["dockerd", "--data-root", self.data_root, "--exec-root", self.tmp / "exec",
-             "--pidfile", self.tmp / "dockerd.pid", "--host", self.host, "--bridge=none",
-             "--log-level=warn"],
-            self.tmp / "dockerd.log", stop_grace=30,
-        ).start()
+        with _network_lock():
+            self.before = pristine_network()
+            self.proc = ManagedProcess(
+                ["dockerd", "--data-root", self.data_root, "--exec-root", self.tmp / "exec",
+                 "--pidfile", self.tmp / "dockerd.pid", "--host", self.host, "--bridge=none",
+                 "--log-level=warn"],
+                self.tmp / "dockerd.log", stop_grace=30,
+            ).start()
         self._state_file().write_text(json.dumps(
             {"pid": self.proc.pid, "tmp": str(self.tmp), "before": self.before}))
         wait_for(lambda: self.client.ping(), timeout, "dockerd", self.proc)
@@ -336,9 +368,10 @@ class DockerEngine:
             if self._client is not None:
                 self._client.close()
                 self._client = None
-            report["exit"] = self.proc.stop()
-            _unmount_under(self.data_root, self.tmp)
-            report["network_undone"] = restore_network(self.before, log=self.log)
+            with _network_lock():
+                report["exit"] = self.proc.stop()
+                _unmount_under(self.data_root, self.tmp)
+                report["network_undone"] = restore_network(self.before, log=self.log)
             self._state_file().unlink(missing_ok=True)
             shutil.rmtree(self.tmp, ignore_errors=True)
         finally:

@@ -46,7 +46,7 @@ def testbed_images(docker_engine):
     from testkit.docker_images import ImageBuilder
 
     images = _Images(ImageBuilder(docker_engine))
-    images["bare"]  # noqa: B018 - builds base and bare (or finds them in the cache)
+    images["bare"]  # builds base and bare now (or finds them in the cache)
     return images
 
 
