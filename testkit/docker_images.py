@@ -7,12 +7,15 @@
 
 Each image is tagged `cullis-testbed/<name>:<hash>`, where the hash covers every build input:
 the recipe files, the CA certificates copied in, the mirror URLs and the parent image's tag. A
-build runs only when no image carries that tag; older tags of the same name are removed after a
-build. `ensure_images()` returns one `ImageReport` per image (built or cache hit, seconds).
+build runs only when no image carries that tag (older tags of the same name are then removed).
+Each image is also kept in `<cache>/images/<name>-<hash>.tar`: the engine of another slot (a
+second session running at the same time) loads it from there instead of building it again.
+`ImageBuilder.ensure_all()` returns one `ImageReport` per image (cache hit, loaded, or built).
 """
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
 import subprocess
@@ -33,11 +36,15 @@ DEFAULT_MIRROR = "http://deb.debian.org/debian"
 class ImageReport:
     name: str
     tag: str
-    built: bool
+    source: str  # "cache" (already in the engine), "archive" (loaded from another slot's build), "build"
     seconds: float
 
+    @property
+    def built(self) -> bool:
+        return self.source == "build"
+
     def __str__(self) -> str:
-        what = "built" if self.built else "cache hit"
+        what = {"cache": "cache hit", "archive": "loaded from the image archive"}.get(self.source, "built")
         return f"{self.tag}: {what} in {self.seconds:.1f}s"
 
 
@@ -182,19 +189,49 @@ class ImageBuilder:
         if not _image_exists(self.client, tag):
             raise RuntimeError(f"build of {tag} produced no image (log {log})")
 
+    # -- archive shared by the engine slots (a second concurrent session loads instead of building)
+    def _archive(self, tag: str) -> Path:
+        repo, _, digest = tag.partition(":")
+        return self.engine.cache / "images" / f"{repo.rsplit('/', 1)[-1]}-{digest}.tar"
+
+    def _save_archive(self, name: str, tag: str) -> None:
+        path = self._archive(tag)
+        path.parent.mkdir(exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.partial")
+        with open(partial, "wb") as out:
+            for chunk in self.client.images.get(tag).save(named=True):
+                out.write(chunk)
+        partial.rename(path)
+        for old in path.parent.glob(f"{name}-*.tar"):
+            if old != path:
+                old.unlink(missing_ok=True)
+
+    def _load_archive(self, tag: str) -> bool:
+        path = self._archive(tag)
+        if not path.exists():
+            return False
+        with open(path, "rb") as data:
+            self.client.images.load(data)
+        return _image_exists(self.client, tag)
+
     def ensure(self, name: str, parent: str | None = None) -> ImageReport:
         """Image `name` (base, bare, prepared) present under its content-hash tag; build if not."""
         t0 = time.monotonic()
         tag = self.base_tag() if name == "base" else self.dockerfile_tag(name, parent)
-        built = not _image_exists(self.client, tag)
-        if built:
+        source = "cache"
+        if not _image_exists(self.client, tag):
+            source = "archive" if self._load_archive(tag) else "build"
+        if source == "build":
             self.log(f"test bed: building image {tag} ...")
             if name == "base":
                 self._build_base(tag)
             else:
                 self._build_dockerfile(name, parent, tag)
+        if source != "archive" and not self._archive(tag).exists():
+            self._save_archive(name, tag)
+        if source != "cache":
             _prune_old_tags(self.client, name, keep=tag)
-        report = ImageReport(name, tag, built, time.monotonic() - t0)
+        report = ImageReport(name, tag, source, time.monotonic() - t0)
         self.log(f"test bed: image {report}")
         return report
 

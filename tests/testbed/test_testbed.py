@@ -124,6 +124,21 @@ def test_second_image_build_is_a_cache_hit(docker_engine, testbed_images):
     assert reports["bare"].tag.startswith("cullis-testbed/bare:")
 
 
+def test_a_concurrent_engine_loads_the_images_instead_of_building(docker_engine, testbed_images):
+    """A second session (other engine slot, same cache) gets the images from the archive."""
+    second = DockerEngine(cache=docker_engine.cache).start()
+    try:
+        assert second.slot != docker_engine.slot
+        for name in ("bare", "base"):
+            if any(testbed_images[name].tag in i.tags for i in second.client.images.list()):
+                second.client.images.remove(testbed_images[name].tag, force=True)
+        reports = ImageBuilder(second).ensure_all(("bare",))
+        assert {n: r.source for n, r in reports.items()} == {"base": "archive", "bare": "archive"}
+        assert reports["bare"].tag == testbed_images["bare"].tag
+    finally:
+        second.stop()
+
+
 def test_hosts_reach_each_other_by_name(split_testbed):
     probe = ("import socket; s = socket.create_connection(('postgres', 22), 5); "
              "print(socket.gethostname(), s.recv(8).decode())")
