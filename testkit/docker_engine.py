@@ -205,8 +205,9 @@ def _unmount_under(*roots: Path) -> None:
 class DockerEngine:
     """One dockerd for one test session. Use `start()` / `stop()` or as a context manager."""
 
-    def __init__(self, cache: Path | None = None, *, log=print):
+    def __init__(self, cache: Path | None = None, *, extra_args: list[str] | tuple[str, ...] = (), log=print):
         self.cache = Path(cache) if cache else cache_root()
+        self.extra_args = list(extra_args)
         self.log = log
         self.slot: int | None = None
         self.slot_dir: Path | None = None
@@ -309,7 +310,11 @@ class DockerEngine:
     def start(self, timeout: float = 60) -> "DockerEngine":
         t0 = time.monotonic()
         self._acquire_slot()
-        self._recover_dead_run()
+        try:
+            self._recover_dead_run()
+        except BaseException:
+            self._release_slot()
+            raise
         # short path: the unix sockets of dockerd/containerd must stay under 108 bytes
         self.tmp = Path(tempfile.mkdtemp(prefix="cullis-dk-", dir="/tmp"))
         (self.tmp / "config").mkdir()
@@ -318,14 +323,18 @@ class DockerEngine:
             self.proc = ManagedProcess(
                 ["dockerd", "--data-root", self.data_root, "--exec-root", self.tmp / "exec",
                  "--pidfile", self.tmp / "dockerd.pid", "--host", self.host, "--bridge=none",
-                 "--log-level=warn"],
+                 "--log-level=warn", *self.extra_args],
                 self.tmp / "dockerd.log", stop_grace=30,
             ).start()
         self._state_file().write_text(json.dumps(
             {"pid": self.proc.pid, "tmp": str(self.tmp), "before": self.before}))
-        wait_for(lambda: self.client.ping(), timeout, "dockerd", self.proc)
-        self.cleanup_report["leftovers_removed"] = self.remove_labelled()
-        self._install_compose_plugin()
+        try:
+            wait_for(lambda: self.client.ping(), timeout, "dockerd", self.proc)
+            self.cleanup_report["leftovers_removed"] = self.remove_labelled()
+            self._install_compose_plugin()
+        except BaseException:
+            self.stop()  # a half-started engine is stopped and its slot released
+            raise
         self.log(f"docker engine: dockerd PID {self.proc.pid} ready in {time.monotonic() - t0:.1f}s "
                  f"(slot {self.slot}, data root {self.data_root})")
         return self
@@ -358,6 +367,7 @@ class DockerEngine:
         """Stop dockerd by PID and undo its host-network changes; returns what was undone."""
         report: dict = {}
         if self.proc is None:
+            self._release_slot()
             return report
         try:
             if self.proc.running:
@@ -376,12 +386,15 @@ class DockerEngine:
             shutil.rmtree(self.tmp, ignore_errors=True)
         finally:
             self.proc = None
-            if self._lock_fd is not None:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-                os.close(self._lock_fd)
-                self._lock_fd = None
+            self._release_slot()
         self.log(f"docker engine: stopped, undone: {report.get('network_undone')}")
         return report
+
+    def _release_slot(self) -> None:
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def log_tail(self, lines: int = 40) -> str:
         return self.proc.log_tail(lines) if self.proc else ""

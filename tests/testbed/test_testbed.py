@@ -81,6 +81,22 @@ def test_two_engines_the_last_one_to_stop_restores_the_network(tmp_path):
             assert "nft table ip nat" in second_report["network_undone"]
 
 
+def test_engine_that_fails_to_start_leaves_nothing(tmp_path):
+    before = network_snapshot()
+    engine = DockerEngine(cache=tmp_path / "cache", extra_args=["--no-such-option"])
+    with pytest.raises(RuntimeError, match="dockerd: process exited"):
+        engine.start(timeout=30)
+    assert engine.proc is None and not engine.tmp.exists()
+    assert not (engine.slot_dir / "state.json").exists()
+    again = DockerEngine(cache=tmp_path / "cache").start()  # the slot was released
+    try:
+        assert again.slot == 0
+    finally:
+        again.stop()
+    if not dockerd_pids():
+        assert _net_state(network_snapshot()) == _net_state(before)
+
+
 def test_engine_recovers_from_a_dead_run(tmp_path):
     """A session killed with SIGKILL leaves dockerd, a labelled container and the network behind."""
     cache = tmp_path / "cache"
