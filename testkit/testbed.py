@@ -241,6 +241,12 @@ class Testbed:
         self.hosts[name].container.start()
         self.wait_ssh(name, timeout)
 
+    def ip(self, name: str) -> str:
+        """The host's IP on the test bed network: the controller reaches it there too (any port)."""
+        container = self.hosts[name].container
+        container.reload()
+        return container.attrs["NetworkSettings"]["Networks"][self.network_name]["IPAddress"]
+
     def running(self, name: str) -> bool:
         container = self.hosts[name].container
         container.reload()

@@ -160,6 +160,9 @@ def test_hosts_reach_each_other_by_name(split_testbed):
              "print(socket.gethostname(), s.recv(8).decode())")
     out = split_testbed.exec("broker1", ["python3", "-c", probe], check=True).output
     assert out.split() == ["broker1", "SSH-2.0-"]
+    # the controller reaches a host on its network address too (HTTP checks of the stack go there)
+    with socket.create_connection((split_testbed.ip("proxy"), 22), timeout=5) as s:
+        assert s.recv(8) == b"SSH-2.0-"
 
 
 def test_ansible_ping_over_ssh_to_all_six_hosts(split_testbed, tmp_path):
