@@ -309,6 +309,37 @@ def stack_listeners_on_controller(ports, *, engine=None) -> dict[int, list[dict]
     return result
 
 
+def controller_processes_using(path: str) -> list[dict]:
+    """Processes of the controller that run from or with `path` (e.g. the split stack's directory).
+
+    A process counts when its command line or working directory, or those of one of its parents,
+    mention `path`; each comes with the TCP ports it listens on. Processes inside the test bed's
+    containers are not the controller's (other network namespace) and are left out. When the local
+    stack runs on this machine at the same time (same ports), this tells the two apart:
+    `assert controller_processes_using("/srv/cullis") == []`.
+    """
+    import psutil
+
+    own_netns = os.readlink("/proc/self/ns/net")
+    listening: dict[int, list[int]] = {}
+    for port, infos in listening_ports_on_controller().items():
+        for info in infos:
+            listening.setdefault(info["pid"], []).append(port)
+    found = []
+    for proc in psutil.process_iter(["pid", "name", "cmdline", "cwd"]):
+        try:
+            if os.readlink(f"/proc/{proc.pid}/ns/net") != own_netns:
+                continue
+            chain = [proc, *proc.parents()]
+            if not any(path in " ".join(p.cmdline()) or path in (p.cwd() or "") for p in chain):
+                continue
+        except (psutil.Error, OSError):
+            continue
+        found.append({"pid": proc.pid, "name": proc.info["name"], "cmdline": proc.info["cmdline"],
+                      "listening": sorted(listening.get(proc.pid, []))})
+    return found
+
+
 def _ancestors(pid: int | None) -> list[int]:
     import psutil
 

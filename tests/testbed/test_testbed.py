@@ -19,7 +19,8 @@ import pytest
 from testkit.ansible import run_playbook
 from testkit.docker_engine import DockerEngine, docker_available, dockerd_pids, network_snapshot
 from testkit.docker_images import ImageBuilder
-from testkit.testbed import ISSUE11_TOPOLOGY, SSH_COMMON_ARGS, stack_listeners_on_controller
+from testkit.testbed import (ISSUE11_TOPOLOGY, SSH_COMMON_ARGS, controller_processes_using,
+                             stack_listeners_on_controller)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -244,3 +245,31 @@ def test_controller_listener_check(split_testbed, docker_engine):
         port = s.getsockname()[1]
         found = stack_listeners_on_controller([port], engine=docker_engine)
         assert found[port][0]["pid"] == os.getpid()
+
+
+def test_controller_processes_using_a_stack_dir(split_testbed, tmp_path):
+    """Tells the controller's processes from the test bed hosts' ones (same paths, other netns)."""
+    marker = tmp_path / "srv-cullis"
+    marker.mkdir()
+    # on a test bed host: a process running with that path is NOT the controller's
+    split_testbed.hosts["redis"].container.exec_run(["sleep", "60", str(marker)], detach=True)
+    deadline = time.monotonic() + 10
+    while split_testbed.exec("redis", ["pgrep", "-f", f"sleep 60 {marker}"]).rc != 0:
+        assert time.monotonic() < deadline, "the host's process did not start"
+        time.sleep(0.1)
+    assert controller_processes_using(str(marker)) == []
+    # on the controller: a server started from that directory is found, with its port
+    server = subprocess.Popen([sys.executable, "-m", "http.server", "0", "--bind", "127.0.0.1"], cwd=marker,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        found = []
+        while time.monotonic() < deadline and not any(p["listening"] for p in found):
+            time.sleep(0.2)
+            found = controller_processes_using(str(marker))
+        assert [p["pid"] for p in found] == [server.pid]
+        assert len(found[0]["listening"]) == 1
+    finally:
+        server.terminate()
+        server.wait(10)
+    split_testbed.exec("redis", ["pkill", "-f", f"sleep 60 {marker}"])
