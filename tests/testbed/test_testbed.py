@@ -252,9 +252,11 @@ def test_controller_processes_using_a_stack_dir(split_testbed, tmp_path):
     marker = tmp_path / "srv-cullis"
     marker.mkdir()
     # on a test bed host: a process running with that path is NOT the controller's
-    split_testbed.hosts["redis"].container.exec_run(["sleep", "60", str(marker)], detach=True)
+    sleeper = f"python3 -c 'import time; time.sleep(60)' {marker}"
+    started = _ssh(split_testbed, "redis", f"setsid {sleeper} </dev/null >/dev/null 2>&1 &", timeout=30)
+    assert started.returncode == 0, started.stderr
     deadline = time.monotonic() + 10
-    while split_testbed.exec("redis", ["pgrep", "-f", f"sleep 60 {marker}"]).rc != 0:
+    while split_testbed.exec("redis", ["pgrep", "-f", f"time.sleep.60. {marker}"]).rc != 0:
         assert time.monotonic() < deadline, "the host's process did not start"
         time.sleep(0.1)
     assert controller_processes_using(str(marker)) == []
@@ -272,4 +274,4 @@ def test_controller_processes_using_a_stack_dir(split_testbed, tmp_path):
     finally:
         server.terminate()
         server.wait(10)
-    split_testbed.exec("redis", ["pkill", "-f", f"sleep 60 {marker}"])
+    split_testbed.exec("redis", ["pkill", "-f", f"time.sleep.60. {marker}"])
