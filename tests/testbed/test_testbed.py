@@ -275,3 +275,14 @@ def test_controller_processes_using_a_stack_dir(split_testbed, tmp_path):
         server.terminate()
         server.wait(10)
     split_testbed.exec("redis", ["pkill", "-f", f"time.sleep.60. {marker}"])
+
+
+def test_prepared_host_has_the_stack_packages_and_runs_none(testbed_factory, testbed_images):
+    assert testbed_images["prepared"].tag.startswith("cullis-testbed/prepared:")
+    bed = testbed_factory({"prep": ["probe"]}, image="prepared", name="prepprobe")
+    pkgs = ["postgresql-15", "redis-server", "nginx", "python3-venv", "supervisor"]
+    status = bed.exec("prep", ["dpkg-query", "-W", "-f", "${Package} ${Status}\\n", *pkgs], check=True).output
+    assert sorted(status.splitlines()) == sorted(f"{p} install ok installed" for p in pkgs)
+    # packages did not start their services (policy-rc.d): only sshd runs
+    procs = bed.exec("prep", ["ps", "-eo", "comm="], check=True).output.split()
+    assert not {"postgres", "redis-server", "nginx", "supervisord"} & set(procs), procs
