@@ -207,6 +207,7 @@ def _ssh(bed, host: str, command: str, timeout: float = 300) -> subprocess.Compl
     return subprocess.run(argv, check=False, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow  # apt downloads / first build of the image
 def test_apt_and_pip_work_inside_a_bare_host(testbed_factory):
     bed = testbed_factory({"probe": ["probe"]}, name="aptprobe")
     # a bare host: nothing of the stack (split_testbed may already carry a deploy: not checked there)
@@ -277,6 +278,7 @@ def test_controller_processes_using_a_stack_dir(split_testbed, tmp_path):
     split_testbed.exec("redis", ["pkill", "-f", f"time.sleep.60. {marker}"])
 
 
+@pytest.mark.slow  # apt downloads / first build of the image
 def test_prepared_host_has_the_stack_packages_and_runs_none(testbed_factory, testbed_images):
     assert testbed_images["prepared"].tag.startswith("cullis-testbed/prepared:")
     bed = testbed_factory({"prep": ["probe"]}, image="prepared", name="prepprobe")
