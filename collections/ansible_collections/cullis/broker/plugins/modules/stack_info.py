@@ -17,9 +17,9 @@ description:
     the services it runs on this host, disk usage of the stack's filesystem, and the non-secret
     settings of the host's C(.env).
   - The secrets of the host's C(.env) are returned only with O(secrets=true), in RV(secrets); the
-    task that asks for them must set C(no_log: true). RV(secret_keys) always names them (names only).
+    task that asks for them must set C(no_log) to V(true). RV(secret_keys) always names them (names only).
   - On a split deployment each host's C(.env) holds only what its service needs (the first broker
-    host holds all of them): ask the host that owns the secret.
+    host holds all of them) - ask the host that owns the secret.
 author: Cullis operations team (!UNKNOWN)
 extends_documentation_fragment:
   - cullis.broker.info_module
