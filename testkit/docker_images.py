@@ -141,6 +141,7 @@ class ImageBuilder:
             (rootfs / "etc/apt/sources.list").unlink(missing_ok=True)
             (rootfs / "etc/apt/sources.list.d/debian.sources").write_text(sources)
             shutil.copy(base / "99testbed.conf", rootfs / "etc/apt/apt.conf.d/99testbed")
+            shutil.copy(base / "dpkg-unsafe-io", rootfs / "etc/dpkg/dpkg.cfg.d/testbed-unsafe-io")
             shutil.copy(base / "policy-rc.d", rootfs / "usr/sbin/policy-rc.d")
             (rootfs / "usr/sbin/policy-rc.d").chmod(0o755)
             shutil.rmtree(rootfs / "var/lib/apt/lists", ignore_errors=True)

@@ -210,20 +210,20 @@ def _ssh(bed, host: str, command: str, timeout: float = 300) -> subprocess.Compl
 
 
 @pytest.mark.slow  # apt downloads / first build of the image
-def test_apt_and_pip_work_inside_a_bare_host(testbed_factory):
+def test_apt_and_https_work_inside_a_bare_host(testbed_factory):
     bed = testbed_factory({"probe": ["probe"]}, name="aptprobe")
     # a bare host: nothing of the stack (split_testbed may already carry a deploy: not checked there)
     for tool in ("pg_ctlcluster", "psql", "redis-server", "nginx", "bao", "supervisord"):
         assert bed.exec("probe", ["sh", "-c", f"command -v {tool}"]).rc != 0, tool
     assert bed.exec("probe", ["test", "-e", "/usr/lib/postgresql"]).rc != 0
     apt = bed.exec("probe", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
-                            "--no-install-recommends postgresql-client-15 python3-pip")
+                            "--no-install-recommends postgresql-client-15")
     assert apt.rc == 0, apt.output[-2000:]
     assert bed.exec("probe", ["psql", "--version"]).output.startswith("psql (PostgreSQL) 15")
-    # over SSH, as Ansible gets it: /etc/environment gives pip the machine's CA bundle
-    pip = _ssh(bed, "probe", "cd /tmp && python3 -m pip download -q --no-deps port-for==1.1.1 && ls")
-    assert pip.returncode == 0, pip.stderr[-2000:]
-    assert "port_for-1.1.1" in pip.stdout
+    # HTTPS to the package registry verifies with the system store (it has the machine's CA)
+    fetch = _ssh(bed, "probe", "python3 -c \"import urllib.request as u; "
+                               "print(u.urlopen('https://pypi.org/simple/port-for/', timeout=60).status)\"")
+    assert fetch.returncode == 0 and fetch.stdout.strip() == "200", fetch.stderr[-2000:]
 
 
 def test_host_kill_and_start_keep_name_and_port(testbed_factory):
@@ -290,3 +290,8 @@ def test_prepared_host_has_the_stack_packages_and_runs_none(testbed_factory, tes
     # packages did not start their services (policy-rc.d): only sshd runs
     procs = bed.exec("prep", ["ps", "-eo", "comm="], check=True).output.split()
     assert not {"postgres", "redis-server", "nginx", "supervisord"} & set(procs), procs
+    # a venv's pip reaches PyPI over SSH, as a deploy's pip does: /etc/environment gives PIP_CERT
+    pip = _ssh(bed, "prep", "python3 -m venv /tmp/v && cd /tmp && /tmp/v/bin/pip download -q --no-deps "
+                            "port-for==1.1.1 && ls /tmp")
+    assert pip.returncode == 0, pip.stderr[-2000:]
+    assert "port_for-1.1.1" in pip.stdout
