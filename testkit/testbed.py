@@ -21,6 +21,7 @@ label and temp dirs, and `teardown()` removes them.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import tempfile
 import time
@@ -116,6 +117,7 @@ class Testbed:
         self.client = engine.client
         self.image = image
         self.id = name or f"tb{uuid.uuid4().hex[:8]}"
+        self._own_workdir = workdir is None  # a temp dir of its own goes at teardown (key included)
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix=f"cullis-{self.id}-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.memory = memory
@@ -263,6 +265,8 @@ class Testbed:
         if self.network is not None:
             self.network.remove()
             self.network = None
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> "Testbed":
         return self
