@@ -58,7 +58,8 @@ def docker_available() -> str | None:
         if not shutil.which(tool):
             return f"{tool} is not installed (scripts/bootstrap.sh installs docker.io and debootstrap)"
     if _iptables_backend() == "nft" and not shutil.which("nft"):
-        return "nft is not installed: dockerd's nft tables could not be removed (scripts/bootstrap.sh installs nftables)"
+        return ("nft is not installed: dockerd's nft tables could not be removed "
+                "(scripts/bootstrap.sh installs nftables)")
     try:
         import docker  # noqa: F401
     except ImportError:
