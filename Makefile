@@ -6,7 +6,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export CULLIS_STACK_DIR ?= $(CURDIR)/.stack
 INVENTORY ?= inventories/local
 
-.PHONY: deps up down smoke test test-fast lint sanity units release pytest help
+.PHONY: deps up down smoke test test-fast lint sanity units release pytest split help
 
 help:
 	@echo "make up          deploy the whole local stack and run its smoke test"
@@ -30,5 +30,5 @@ down: deps
 test: deps
 	@scripts/test.sh all
 
-lint sanity units release pytest: deps
+lint sanity units release pytest split: deps
 	@scripts/test.sh $@

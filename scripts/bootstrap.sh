@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything `make up` and `make test` need on a fresh Debian 12 machine:
-# Debian packages (redis, nginx, pebble), the project venv from pinned dependencies, the
-# collections, and the ansible-test pip stand-in (the real bootstrap host is unreachable here).
+# Debian packages (redis, nginx, pebble; docker.io, debootstrap, nftables for the multi-host
+# test bed), the project venv from pinned dependencies, the collections, and the ansible-test
+# pip stand-in (the real bootstrap host is unreachable here).
 # Idempotent and quiet when everything is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +11,9 @@ VENV=${VENV:-$REPO/.venv}
 PY=${PYTHON:-python3}
 
 need_apt=()
-for pkg in redis-server nginx pebble; do
+# docker.io debootstrap nftables: the multi-host test bed (testkit/docker_engine.py) runs its own
+# dockerd, builds its base image with debootstrap and removes dockerd's nft tables with nft.
+for pkg in redis-server nginx pebble docker.io debootstrap nftables; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

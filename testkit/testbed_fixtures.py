@@ -1,0 +1,73 @@
+"""Session fixtures of the multi-host test bed (loaded by the repository's root conftest.py).
+
+- `docker_engine`: the kit's dockerd (testkit.docker_engine), stopped by PID at session end.
+- `testbed_images`: {"base", "bare", "prepared"} -> ImageReport, built once, cached by content
+  hash in the engine's persistent data root (`prepared` is built on first use only).
+- `testbed_factory`: `factory(topology=None, image="bare", name=None) -> Testbed`, started and
+  torn down at session end; use it for a second topology (DR drill) or a prepared-host bed.
+- `split_testbed`: the issue-11 topology (postgres, redis, vault, broker1, broker2, proxy) on
+  bare hosts, shared by the whole session; `split_testbed.write_inventory()` gives the inventory.
+
+Everything is skipped, with the reason, on a machine that cannot run the engine (not root, no
+dockerd/debootstrap, no Docker SDK). Tests that break a host must restore it or use a test bed
+of their own from `testbed_factory`.
+"""
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def docker_engine():
+    from testkit.docker_engine import DockerEngine, docker_available
+
+    reason = docker_available()
+    if reason:
+        pytest.skip(reason)
+    engine = DockerEngine().start()
+    yield engine
+    engine.stop()
+
+
+class _Images(dict):
+    """Lazily built image reports; `images["prepared"]` builds the prepared image on first use."""
+
+    def __init__(self, builder):
+        super().__init__()
+        self.builder = builder
+
+    def __missing__(self, name):
+        self.update(self.builder.ensure_all((name,)))
+        return dict.__getitem__(self, name)
+
+
+@pytest.fixture(scope="session")
+def testbed_images(docker_engine):
+    from testkit.docker_images import ImageBuilder
+
+    images = _Images(ImageBuilder(docker_engine))
+    images["bare"]  # builds base and bare now (or finds them in the cache)
+    return images
+
+
+@pytest.fixture(scope="session")
+def testbed_factory(docker_engine, testbed_images, tmp_path_factory):
+    from testkit.testbed import Testbed
+
+    beds = []
+
+    def factory(topology=None, image="bare", name=None, **kwargs):
+        bed = Testbed(docker_engine, testbed_images[image].tag, name=name,
+                      workdir=tmp_path_factory.mktemp(name or "testbed"), **kwargs)
+        beds.append(bed)
+        return bed.start(topology)
+
+    yield factory
+    for bed in beds:
+        bed.teardown()
+
+
+@pytest.fixture(scope="session")
+def split_testbed(testbed_factory):
+    """The six-host issue-11 topology on bare hosts, for the whole session."""
+    return testbed_factory(name="split")

@@ -1,0 +1,98 @@
+"""The split topology: one Cullis stack deployed onto six BARE Debian hosts of the test bed.
+
+`split_stack` (session scope) takes `split_testbed` (testkit/testbed_fixtures.py: postgres, redis,
+vault, broker1, broker2, proxy; sshd on 127.0.0.1 ports, nothing of the stack installed), records
+what the hosts had before, writes an inventory built like inventories/example-split (its
+group_vars, with the test bed's addresses and a controller dir in a temp dir) and runs
+`playbooks/deploy.yml` once. Tests share that deployed topology; a test that breaks a service
+must leave it healthy again.
+
+The controller runs no stack service: HTTP checks reach nginx on the proxy container's address on
+the test bed network (a network the tests created).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+from testkit.ansible import REPO, PlaybookResult, run_playbook
+
+STACK_DIR = "/srv/cullis"
+PORTS = {"cullis_postgres_port": 5432, "cullis_redis_port": 6379, "cullis_vault_port": 8200,
+         "cullis_vault_cluster_port": 8201, "cullis_broker_port": 8000, "cullis_nginx_port": 8443,
+         "cullis_nginx_http_port": 8080}
+# What a bare host must not have before the deploy (the deploy installs it).
+STACK_BINARIES = ("/usr/lib/postgresql/15/bin/postgres", "/usr/bin/redis-server", "/usr/sbin/nginx",
+                  "/usr/local/bin/supervisord", "/opt/cullis/openbao/bin/bao")
+
+
+@dataclass
+class SplitStack:
+    bed: object
+    inventory: Path
+    controller_dir: Path
+    public_url: str
+    before: dict = field(default_factory=dict)
+    ports: dict = field(default_factory=lambda: dict(PORTS))
+    stack_dir: str = STACK_DIR
+    deploy_result: PlaybookResult | None = None
+    deploy_seconds: float = 0.0
+
+    def run(self, playbook: str, extra_vars: dict | None = None, **kwargs) -> PlaybookResult:
+        return run_playbook(playbook, inventory=self.inventory, extra_vars=extra_vars, **kwargs)
+
+    def sh(self, host: str, command: str) -> str:
+        res = self.bed.exec(host, command)
+        return res.output
+
+    def env_of(self, host: str) -> dict:
+        out = self.bed.exec(host, f"cat {STACK_DIR}/.env 2>/dev/null").output
+        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line and not line.startswith("#"))
+
+
+def container_ip(bed, name: str) -> str:
+    container = bed.hosts[name].container
+    container.reload()
+    return container.attrs["NetworkSettings"]["Networks"][bed.network_name]["IPAddress"]
+
+
+def write_split_inventory(bed, base: Path, public_host: str) -> Path:
+    """The test bed's inventory with the variables of inventories/example-split at `all` level."""
+    template = REPO / "inventories" / "example-split" / "group_vars" / "all" / "stack.yml"
+    group_vars = yaml.safe_load(template.read_text())
+    group_vars.update(PORTS)
+    group_vars.update({
+        "cullis_stack_dir": STACK_DIR,
+        "cullis_controller_dir": str(base / "controller"),
+        "cullis_public_host": public_host,
+        "cullis_broker_public_url": f"https://{public_host}:{PORTS['cullis_nginx_port']}",
+    })
+    data = bed.inventory_data()
+    data["all"]["vars"] = group_vars
+    path = base / "inventory" / "hosts.yml"
+    path.parent.mkdir(parents=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def split_stack(split_testbed, tmp_path_factory):
+    bed = split_testbed
+    base = tmp_path_factory.mktemp("split-stack")
+    before = {name: {b: bed.exec(name, ["test", "-e", b]).rc == 0 for b in STACK_BINARIES} for name in bed.hosts}
+    public_host = container_ip(bed, "proxy")
+    inventory = write_split_inventory(bed, base, public_host)
+    st = SplitStack(bed=bed, inventory=inventory, controller_dir=base / "controller",
+                    public_url=f"https://{public_host}:{PORTS['cullis_nginx_port']}", before=before)
+    t0 = time.monotonic()
+    st.deploy_result = st.run("playbooks/deploy.yml")
+    st.deploy_seconds = time.monotonic() - t0
+    if st.deploy_result.rc != 0:
+        tail = "\n".join(st.deploy_result.output.splitlines()[-80:])
+        pytest.fail(f"deploy onto the split test bed failed (rc={st.deploy_result.rc}):\n{tail}", pytrace=False)
+    yield st
+    # the hosts (and everything running on them) go with the test bed at session end
