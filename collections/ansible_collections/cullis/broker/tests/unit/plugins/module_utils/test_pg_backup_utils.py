@@ -118,12 +118,22 @@ def test_load_key_formats(tmp_path, encode):
     key = os.urandom(32)
     path = tmp_path / 'k'
     path.write_bytes(encode(key) + (b'' if len(encode(key)) == 32 else b'\n'))
+    path.chmod(0o600)
     assert pb.load_key(str(path)) == key
+
+
+def test_load_key_refuses_a_file_others_can_read(tmp_path):
+    path = tmp_path / 'k'
+    path.write_bytes(os.urandom(32))
+    path.chmod(0o644)
+    with pytest.raises(pb.BackupError, match='readable or writable by group/others'):
+        pb.load_key(str(path))
 
 
 def test_load_key_rejects_short_key(tmp_path):
     path = tmp_path / 'k'
     path.write_bytes(b'short')
+    path.chmod(0o600)
     with pytest.raises(pb.BackupError, match='256-bit key'):
         pb.load_key(str(path))
 

@@ -79,6 +79,8 @@ def _facts(**over):
     f = dict(expired=False, not_yet_valid=False, days_left=100, not_after='X', not_before='Y',
              hostname_match=True, hostname='h', sans=['DNS:h'], chain_valid=True, chain_error=None)
     f.update(over)
+    # what cert_facts reports beside days_left (the wording of _tls.expiry_text)
+    f.setdefault('expiry', 'expired %d days ago' % -f['days_left'] if f['expired'] else 'expires in %d days' % f['days_left'])
     return f
 
 
@@ -102,7 +104,7 @@ def test_evaluate_thresholds(over, status):
 def test_expired_reports_one_problem_not_a_duplicate_chain_error():
     facts = _facts(expired=True, days_left=-3, chain_valid=False, chain_error='certificate expired on X')
     problems = _tls.evaluate(facts, 30, 14)[1]
-    assert problems == ['certificate expired on X']
+    assert problems == ['certificate expired on X (expired 3 days ago)']
 
 
 def test_verify_chain_reasons():
