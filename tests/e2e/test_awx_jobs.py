@@ -104,13 +104,16 @@ def test_incident_template_stops_at_confirm_on_a_healthy_stack(controller, templ
 
 
 def test_tls_byoca_template_with_its_survey(controller):
-    """BYOCA asks for the operator's files; with the certificate the stack serves it confirms healthy."""
+    """BYOCA asks for the operator's files (and the CA that vouches for them); with the certificate
+    the stack serves, on a healthy stack, the files are checked and nothing is installed."""
     tls = controller.stack.dir / "tls"
     job = controller.launch("Cullis - incident - TLS expired (BYOCA)",
-                            answers={"tls_cert": str(tls / "nginx.pem"), "tls_key": str(tls / "nginx-key.pem")})
+                            answers={"tls_cert": str(tls / "nginx.pem"), "tls_key": str(tls / "nginx-key.pem"),
+                                     "tls_ca": str(tls / "ca.pem")})
     assert job.status == "successful", f"{job.status}\n{tail(job)}"
     assert job.changed() == 0
     assert "mode byoca" in job.stdout, "the survey answers did not select the BYOCA recovery"
+    assert "NOT installed" in job.stdout, "a healthy certificate was replaced without tls_force"
 
 
 def test_org_compromise_template_takes_org_id_from_its_survey(controller):
@@ -143,7 +146,7 @@ def test_backup_with_injected_keys_then_restore_asks_for_confirmation(controller
     job = controller.launch("Cullis - restore", job_type="check", answers={"confirm": "true"}, timeout=300)
     assert job.status == "successful", f"{job.status}\n{tail(job)}"
     assert "data-loss window" in job.stdout
-    verified = [e["event"] for e in job.task_events("Every artifact of the set matches its manifest")]
+    verified = [e["event"] for e in job.task_events("Every artifact of the set and every artifact manifest match the set manifest")]
     assert "runner_on_ok" in verified and "runner_on_failed" not in verified
     assert controller.stack.services()["broker"]["pid"] == broker_pid, "a check-mode restore restarted the broker"
     status, _ = controller.stack.get("/readyz")
