@@ -681,3 +681,25 @@ def test_service_info_and_stack_service_faults(tmp_path):
     assert_cases(run_batch("service_info", info_cases), [])
     assert_cases(run_batch("stack_service", svc_cases), [])
     assert tree(empty) == before and not (tmp_path / "nope").exists()
+
+
+def test_stack_info_faults(tmp_path):
+    """stack_info (issue 11's target-side facts) under bad input: reports absence, never a secret."""
+    stack = tmp_path / "stack"
+    stack.mkdir()
+    secret = "StackInfoFaultSecret" + os.urandom(6).hex()
+    private(stack / ".env", f"ADMIN_SECRET={secret}\nBROKER_PUBLIC_URL=https://broker.example\n")
+    cases = [
+        Case("missing stack dir", {"stack_dir": str(tmp_path / "nope")}, ('"exists": false', '"env_file_exists": false'),
+             fails=False),
+        Case("missing env file", {"stack_dir": str(stack), "env_file": str(tmp_path / "missing.env")},
+             '"env_file_exists": false', fails=False),
+        # secrets=true hands the values to the play (the task must set no_log, as documented); without
+        # it only the names are reported
+        Case("secret names only", {"stack_dir": str(stack)}, ('"ADMIN_SECRET"', "broker.example"), fails=False),
+        Case("bad runtime", {"stack_dir": str(stack), "runtime": "k8s"}, "value of runtime must be one of"),
+        Case("timeout not a number", {"stack_dir": str(stack), "timeout": "soon"}, "timeout"),
+    ]
+    before = tree(stack)
+    assert_cases(run_batch("stack_info", cases), [secret])
+    assert tree(stack) == before and not (tmp_path / "nope").exists()
