@@ -233,6 +233,7 @@ import uuid
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.cullis.broker.plugins.module_utils._broker import BrokerClient, BrokerError, broker_argument_spec
+from ansible_collections.cullis.broker.plugins.module_utils._redact import protect
 from ansible_collections.cullis.broker.plugins.module_utils._agent_client import (
     HAS_CRYPTOGRAPHY, CRYPTOGRAPHY_IMPORT_ERROR, AgentIdentity, AgentSession, LoginError, jws_unverified, sign_message)
 from ansible_collections.cullis.broker.plugins.module_utils import _org_identity as oid
@@ -428,6 +429,9 @@ def main():
     try:
         identity = load_identity(p)
         peer_identity = load_peer(p['send_message']) if p['send_message'] else None
+        for ident in (identity, peer_identity):
+            if ident is not None:  # private keys read from files: masked like no_log options
+                protect(module, ident.key_pem, ident.mastio_key_pem)
         result['agent_id'] = identity.agent_id
         session = AgentSession(client, p['public_url'] or p['broker_url'], identity)
         if p['prefetch_nonce']:

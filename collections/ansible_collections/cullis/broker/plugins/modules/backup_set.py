@@ -26,7 +26,7 @@ description:
   - V(pruned) applies O(keep_last) / O(keep_days) to the sets (C(set-*) directories) under O(path),
     never deleting the newest set whose Postgres backup is verified; V(latest) only reports the newest
     set (the newest verified one when O(verified_only=true)).
-version_added: 1.0.0
+version_added: 0.1.0
 author: Cullis operations team (!UNKNOWN)
 attributes:
   check_mode:
@@ -65,20 +65,21 @@ options:
         required: true
   encryption_key_file:
     description:
-      - 256-bit key file (as for M(cullis.broker.pg_backup)). Required to add or extract files.
+      - 256-bit key file (as for M(cullis.broker.pg_backup)). Required to add (O(files)) or
+        extract (V(extracted)) files.
       - Must be readable by its owner only (mode 0600); a file group or others can read is refused.
     type: path
   name:
-    description: With V(extracted), the O(files[].name) to extract.
+    description: With V(extracted) (required), the O(files[].name) to extract.
     type: str
   dest:
-    description: With V(extracted), where to write the file (mode 0600).
+    description: With V(extracted) (required), where to write the file (mode 0600).
     type: path
   label:
     description: Free text stored in the set manifest (for example the stack name).
     type: str
   keep_last:
-    description: With V(pruned), keep the newest N sets.
+    description: With V(pruned), keep the newest N sets (V(pruned) needs O(keep_last), O(keep_days) or both).
     type: int
   keep_days:
     description: With V(pruned), keep sets younger than N days.
@@ -128,6 +129,10 @@ postgres:
 vault:
   description: File name of the Vault snapshot in the set (null if none).
   returned: success
+  type: str
+dest:
+  description: With V(extracted), the file written (or already up to date).
+  returned: state=extracted
   type: str
 kept:
   description: Sets kept by V(pruned).
@@ -283,8 +288,6 @@ class Job(object):
         self.result.update(manifest=manifest, items=manifest['items'], **summary(manifest['items']))
 
     def extracted(self):
-        if not self.p['name'] or not self.p['dest']:
-            raise pb.BackupError("state=extracted needs name and dest")
         manifest = self.load()
         item_name = self.p['name'] + '.enc'
         items = [i for i in manifest.get('items', []) if i['name'] == item_name and i['kind'] == 'file']
@@ -340,8 +343,6 @@ def list_sets(root):
 
 def pruned(job):
     p = job.p
-    if p['keep_last'] is None and p['keep_days'] is None:
-        raise pb.BackupError("state=pruned needs keep_last and/or keep_days")
     kept, deleted = pb.select_retention(list_sets(p['path']), p['keep_last'], p['keep_days'])
     job.result.update(kept=kept, deleted=deleted, changed=bool(deleted))
     if not job.module.check_mode:
@@ -374,6 +375,8 @@ def main():
             verified_only=dict(type='bool', default=False),
         ),
         supports_check_mode=True,
+        required_if=[('state', 'extracted', ['name', 'dest', 'encryption_key_file']),
+                     ('state', 'pruned', ['keep_last', 'keep_days'], True)],
     )
     job = Job(module)
     actions = dict(present=job.present, verified=job.verified, extracted=job.extracted,

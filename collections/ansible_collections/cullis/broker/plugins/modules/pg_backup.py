@@ -26,7 +26,7 @@ description:
     with "cannot verify with this key" and is never recorded.
   - V(pruned) applies O(keep_last) / O(keep_days) and never deletes the newest verified backup.
   - Plain C(.sql.gz) files made by the runbook's C(scripts/pg-backup.sh) (no manifest) restore too.
-version_added: 1.0.0
+version_added: 0.1.0
 author: Cullis operations team (!UNKNOWN)
 extends_documentation_fragment:
   - cullis.broker.postgres
@@ -176,6 +176,16 @@ backup_time:
   description: Start time (UTC) of the backup; for a restore this is the end of the data-loss window.
   returned: when a backup was selected
   type: str
+size:
+  description: Size in bytes of the backup written (for directories, of all its files).
+  returned: state=present, when a backup was written
+  type: int
+verification:
+  description:
+    - The verification record (also stored in the backup's manifest when O(record=true)) with
+      C(status) (V(ok) or V(failed)), C(mode) (V(quick) or V(restore)), C(at) (UTC time) and C(error).
+  returned: state=verified
+  type: dict
 row_counts:
   description: Row count per table (C(schema.table)) found after a restore or verification.
   returned: restored, verified (not quick)
