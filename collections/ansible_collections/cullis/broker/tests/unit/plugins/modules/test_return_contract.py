@@ -119,6 +119,40 @@ def test_backup_set_every_state(tmp_path, key_file, capsys):
         assert not r.get('failed'), r
         assert_contract('backup_set', r)
     assert (tmp_path / 'out').read_text() == 'ADMIN_SECRET=x\n'
+    info = run_module('backup_set_info', dict(path=str(root)), capsys)
+    assert info['set'] == str(set_dir) and info['count'] == 1 and info['changed'] is False
+    assert_contract('backup_set_info', info)
+
+
+def test_backup_set_present_and_extracted_are_idempotent(tmp_path, key_file, capsys):
+    set_dir = tmp_path / 'set-1'
+    set_dir.mkdir()
+    env = tmp_path / 'env'
+    env.write_text('A=1\n')
+    add = dict(path=str(set_dir), encryption_key_file=key_file, files=[dict(name='env', src=str(env))])
+    assert run_module('backup_set', dict(add, _ansible_check_mode=True), capsys)['changed'] is True
+    assert not (set_dir / 'backup-set.json').exists()  # check mode wrote nothing
+    assert run_module('backup_set', add, capsys)['changed'] is True
+    sealed = (set_dir / 'backup-set.json').read_bytes()
+    assert run_module('backup_set', dict(add, _ansible_check_mode=True), capsys)['changed'] is False
+    assert run_module('backup_set', add, capsys)['changed'] is False
+    assert (set_dir / 'backup-set.json').read_bytes() == sealed
+    # new content is added again and the set resealed
+    env.write_text('A=2\n')
+    assert run_module('backup_set', add, capsys)['changed'] is True
+    assert (set_dir / 'backup-set.json').read_bytes() != sealed
+    # extraction: written once (mode 0600), then unchanged; a changed file is put back
+    out = tmp_path / 'restored' / 'env'
+    ext = dict(path=str(set_dir), state='extracted', name='env', dest=str(out), encryption_key_file=key_file)
+    assert run_module('backup_set', ext, capsys)['changed'] is True
+    assert out.read_text() == 'A=2\n' and out.stat().st_mode & 0o777 == 0o600
+    assert run_module('backup_set', ext, capsys)['changed'] is False
+    out.write_text('tampered')
+    assert run_module('backup_set', dict(ext, _ansible_check_mode=True), capsys)['changed'] is True
+    assert out.read_text() == 'tampered'
+    assert run_module('backup_set', ext, capsys)['changed'] is True
+    assert out.read_text() == 'A=2\n'
+    assert not [p for p in out.parent.iterdir() if p.name.startswith('.')]  # no temporary file left
 
 
 def test_vault_snapshot_check_mode(tmp_path, closed_port, capsys):
@@ -145,4 +179,3 @@ def test_unreachable_services_are_reported(tmp_path, closed_port, capsys):
         r = run_module(name, args, capsys)
         assert not r.get('failed'), (name, r)
         assert_contract(name, r)
-
