@@ -34,7 +34,8 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: partial
-    description:
+    description: Can run in check mode and return changed status prediction without modifying target.
+    details:
       - The login (and O(list_agents)) runs in check mode too, since checking the outcome is the
         module's job; it has the side effects of any login (first-login certificate pinning, audit
         rows, rate-limit counters).
