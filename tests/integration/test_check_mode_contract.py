@@ -12,6 +12,7 @@ Runbook: every incident's "confirm" step runs modules read-only; this is what ma
 """
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -26,7 +27,20 @@ from testkit.broker_orgs import db_query, new_org_id, onboard_org, org_secret
 
 pytestmark = pytest.mark.slow
 
+MODULES_DIR = Path(__file__).parents[2] / "collections/ansible_collections/cullis/broker/plugins/modules"
+# keys Ansible adds to every result, and to those holding `path`/`dest` (AnsibleModule.add_path_info)
+ANSIBLE_KEYS = {"changed", "failed", "msg", "invocation", "warnings", "deprecations", "diff", "skipped",
+                "exception", "action", "_ansible_no_log", "_ansible_verbose_always", "_ansible_delegated_vars"}
+PATH_INFO_KEYS = {"uid", "gid", "owner", "group", "mode", "state", "size", "secontext"}
 CONFIG_TABLES = ("organizations", "agents", "bindings", "revoked_certs", "federation_events", "sessions")
+
+
+def documented_return_keys(module: str) -> set:
+    tree_ = ast.parse((MODULES_DIR / f"{module}.py").read_text())
+    for node in tree_.body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "RETURN":
+            return set(yaml.safe_load(node.value.value) or {})
+    return set()
 
 
 def tree(directory: Path) -> dict:
@@ -123,8 +137,7 @@ def test_every_module_in_check_mode_changes_nothing(broker, pg_server, redis_ser
         ("service_info", dict(stack_dir=str(work), log_lines=0), False),
         ("stack_service", dict(stack_dir=str(work), name="broker", state="started"), True),
     ]
-    modules = {p.stem for p in (Path(__file__).parents[2] / "collections/ansible_collections/cullis/broker/plugins"
-                                / "modules").glob("*.py")}
+    modules = {p.stem for p in MODULES_DIR.glob("*.py")}
     assert modules == {c[0] for c in cases}, "a module of the collection is missing from the check-mode test"
     tasks = [{"name": m, f"cullis.broker.{m}": args, "check_mode": True, "ignore_errors": True}
              for m, args, _ in cases]
@@ -147,6 +160,10 @@ def test_every_module_in_check_mode_changes_nothing(broker, pg_server, redis_ser
             problems.append(f"{name}: failed in check mode: {r.get('msg')}")
         elif expect_changed is not None and bool(r.get("changed")) != expect_changed:
             problems.append(f"{name}: changed={r.get('changed')} in check mode, expected {expect_changed}")
+        added = PATH_INFO_KEYS if ("path" in r or "dest" in r) else set()
+        undocumented = set(r) - ANSIBLE_KEYS - added - documented_return_keys(name)
+        if undocumented:  # issue 15: every returned key is documented in RETURN
+            problems.append(f"{name}: returns keys its RETURN does not document: {sorted(undocumented)}")
     assert not problems, "\n".join(problems) + "\n" + res.output[-3000:]
     assert tree(work) == files_before, "a module wrote a file in check mode"
     assert not new_ids.exists()
