@@ -12,6 +12,7 @@ help:
 	@echo "make up          deploy the whole local stack and run its smoke test"
 	@echo "make down        stop the stack (PURGE=1 also deletes $$CULLIS_STACK_DIR)"
 	@echo "make test        run every test (installs and starts what they need)"
+	@echo "make test-fast   lint, unit tests and the tests not marked slow or stack (no deployed stack)"
 
 deps:
 	@scripts/bootstrap.sh
@@ -29,6 +30,13 @@ down: deps
 
 test: deps
 	@scripts/test.sh all
+
+# The quick loop: no deployed stack (marker `stack`), nothing marked `slow` (> ~30 s).
+test-fast: deps
+	@scripts/test.sh lint
+	@scripts/test.sh units
+	pytest -p no:cacheprovider -m "not slow and not stack" broker_src/tests tests \
+		--ignore=tests/testbed --ignore=tests/e2e_split
 
 lint sanity units release pytest split: deps
 	@scripts/test.sh $@

@@ -17,12 +17,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from app import audit
+from app.agents import _close_local
+from app.federation import EXT, extension_enabled, federation_event
 from app.certs import signed_directly_by, thumbprint
 from app.deps import AgentPrincipal, client_ip, decode_token, fail, iso, loads, require_admin, require_agent, utcnow
 from app.logs import event
 from app.models import agents, bindings, organizations, session_messages, sessions
 from app.routes_auth import verify_mastio
-from app.routes_registry import EXT, extension_enabled, federation_event
 from app.state import state
 
 router = APIRouter()
@@ -379,24 +380,6 @@ async def notify(agent_id: str, message: dict) -> bool:
         except Exception:  # noqa: BLE001 - pub/sub loss is safe: clients poll
             return await deliver_local(agent_id, message)
     return await deliver_local(agent_id, message)
-
-
-async def drop_agent(agent_id: str) -> None:
-    """Close the agent's sockets on every worker (binding revoked)."""
-    if state.store.configured:
-        try:
-            await state.store.publish(f"ws:agent:{agent_id}", json.dumps({"type": "_drop"}))
-        except Exception:  # noqa: BLE001
-            pass
-    await _close_local(agent_id)
-
-
-async def _close_local(agent_id: str) -> None:
-    for ws in list(state.websockets.pop(agent_id, ())):
-        try:
-            await ws.close(code=1008)
-        except Exception:  # noqa: BLE001
-            pass
 
 
 async def pubsub_loop() -> None:

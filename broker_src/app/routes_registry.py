@@ -16,8 +16,10 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from app import audit
+from app.agents import drop_agent
+from app.federation import EXT, extension_enabled, federation_event
 from app.deps import fail, hash_secret, iso, loads, require_admin, require_org, require_org_any_status, utcnow
-from app.models import agents, audit_log, audit_tsa_anchors, bindings, federation_events, organizations, \
+from app.models import agents, audit_log, audit_tsa_anchors, bindings, organizations, \
     revoked_certs, sessions
 from app.state import state
 
@@ -27,24 +29,6 @@ router = APIRouter()
 def org_out(row) -> dict:
     return {"org_id": row.org_id, "display_name": row.display_name, "status": row.status,
             "registered_at": iso(row.registered_at), "mastio_url": row.mastio_url}
-
-
-async def federation_event(conn, event_type: str, org_id: str | None, agent_id: str | None = None, **payload):
-    """Append an event to the org's federation log: seq = max(seq)+1 of the org, unique per org.
-
-    We take a per-org transaction advisory lock first, so concurrent writes for one org queue up.
-    Quirk `write_race` (real brokers, contract section 6 point 20): no lock, so two concurrent
-    transactions read the same max(seq); the second insert waits for the first to commit, then
-    fails on the unique (org_id, seq) index: the whole write is rolled back and answered 500.
-    """
-    if not state.settings.quirk("write_race"):
-        await conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": f"fedev:{org_id}"})
-    last = (await conn.execute(sa.select(sa.func.max(federation_events.c.seq))
-                               .where(federation_events.c.org_id == org_id))).scalar()
-    await conn.execute(federation_events.insert().values(event_type=event_type, org_id=org_id, seq=(last or 0) + 1,
-                                                         agent_id=agent_id,
-                                                         payload_json=json.dumps(payload, default=str),
-                                                         created_at=utcnow()))
 
 
 class OrgCreate(BaseModel):
@@ -168,14 +152,6 @@ async def reject_org(org_id: str):
     return {"org_id": org_id, "status": "rejected", "message": f"Organization '{org_id}' rejected."}
 
 
-EXT = {"x-cullis-extension": True}
-
-
-def extension_enabled():
-    if not state.settings.extensions:
-        fail(404, "Not Found")
-
-
 @router.post("/v1/admin/orgs/{org_id}/suspend", openapi_extra=EXT,
              dependencies=[Depends(extension_enabled), Depends(require_admin)])
 async def suspend_org(org_id: str):
@@ -286,7 +262,6 @@ async def approve_binding(binding_id: int, org=Depends(require_org)):
 
 @router.post("/v1/registry/bindings/{binding_id}/revoke")
 async def revoke_binding(binding_id: int, org=Depends(require_org)):
-    from app.routes_broker import drop_agent
     async with state.engine.begin() as conn:
         row = await _owned_binding(conn, binding_id, org.org_id)
         res = await conn.execute(bindings.update().where(bindings.c.id == binding_id)

@@ -205,6 +205,9 @@ def pytest_collection_modifyitems(config, items):
     """Run test_deploy.py first: it proves idempotence on the freshly deployed stack."""
     here = Path(__file__).parent
     e2e = [i for i, item in enumerate(items) if here in item.path.parents]
+    for i in e2e:  # `-m stack` / `-m "not stack"` select every test on the deployed stack
+        if "stack" in getattr(items[i], "fixturenames", ()):
+            items[i].add_marker(pytest.mark.stack)
     if not e2e:
         return
     chunk = [items[i] for i in e2e]

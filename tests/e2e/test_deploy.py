@@ -75,6 +75,8 @@ def test_first_deploy_builds_the_whole_stack(stack):
 def test_smoke_passes_on_the_fresh_stack(stack):
     res = stack.run("playbooks/smoke.yml")
     assert res.rc == 0, "\n".join(res.output.splitlines()[-60:])
+    # the cross-org message is required by default: a smoke run that skipped it must not pass here
+    assert "smoke test PASSED (0 skipped)" in res.output, "\n".join(res.output.splitlines()[-60:])
 
 
 def test_second_deploy_changes_nothing_and_prints_no_secret(stack):
@@ -106,4 +108,6 @@ def test_readyz_over_tls_with_the_stack_ca(stack):
     status, body = stack.get("/readyz")
     assert status == 200, body
     assert body["status"] == "ready"
-    assert set(body["checks"].values()) <= {"ok"}, body
+    # an empty report would pass a subset test: every dependency must be there, and ok
+    assert {"database", "redis", "kms"} <= set(body.get("checks") or {}), body
+    assert set(body["checks"].values()) == {"ok"}, body

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from testkit.ansible import COLLECTIONS
 
 LAUNCHER = COLLECTIONS / "ansible_collections/cullis/broker/roles/broker/files/cullis-broker-launch.py"
@@ -43,10 +45,11 @@ def test_memory_limit_stops_a_runaway_broker(tmp_path):
                  "--state-file", str(state))
     try:
         assert "survived" not in out.stdout
-        if "via cgroup" in out.stderr:
-            assert out.returncode == -9, out.stderr  # OOM killer: SIGKILL, compose's "Exit 137"
-        else:
+        if "via cgroup" not in out.stderr:
             assert "RLIMIT_AS" in out.stderr and "MemoryError" in out.stderr
+            pytest.skip("no writable memory cgroup on this machine: the launcher fell back to RLIMIT_AS "
+                        "(checked above); the cgroup OOM kill (SIGKILL, exit 137) is not exercised")
+        assert out.returncode == -9, out.stderr  # OOM killer: SIGKILL, compose's "Exit 137"
     finally:
         if state.exists():
             Path(state.read_text().strip()).rmdir()

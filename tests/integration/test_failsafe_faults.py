@@ -357,7 +357,8 @@ def test_backup_set_faults(pg, db, backup_dir, tmp_path):
     cases = [
         Case("verify a directory that is not a set", {"state": "verified", "path": str(tmp_path)},
              "not a complete backup set"),
-        Case("extract without name", {"state": "extracted", "path": str(d), "dest": str(dest)}, "needs name and dest"),
+        Case("extract without name", {"state": "extracted", "path": str(d), "dest": str(dest)},
+             ("state is extracted but all of the following are missing", "name")),
         Case("extract an unknown file", {"state": "extracted", "path": str(d), "name": "nope", "dest": str(dest),
                                          "encryption_key_file": str(key)}, "the set has no file named nope"),
         Case("extract with the wrong key", {"state": "extracted", "path": str(d), "name": "env", "dest": str(dest),
@@ -368,7 +369,8 @@ def test_backup_set_faults(pg, db, backup_dir, tmp_path):
         Case("add files without a key", {"path": str(d), "files": [{"name": "env", "src": str(env_file)}]},
              "encryption_key_file is required"),
         Case("seal a missing directory", {"path": str(tmp_path / "nope")}, "does not exist"),
-        Case("prune without a rule", {"state": "pruned", "path": str(tmp_path)}, "needs keep_last and/or keep_days"),
+        Case("prune without a rule", {"state": "pruned", "path": str(tmp_path)},
+             "state is pruned but any of the following are missing: keep_last, keep_days"),
     ]
     before = tree(d)
     assert_cases(run_batch("backup_set", cases), ["fault-suite-admin-secret", key.read_bytes().hex()])
@@ -598,7 +600,7 @@ def test_org_onboard_faults(broker, org, tmp_path):
         Case("agent listed twice", {**conn, "org_id": new_org_id("fs-twice"), "identity_dir": str(other_dir),
                                     "agents": [{"name": "x"}, {"name": "x"}]}, "is listed twice"),
         Case("no admin secret", {"broker_url": broker.url, "org_id": new_org_id("fs-noadmin"),
-                                 "identity_dir": str(other_dir)}, "admin_secret is required"),
+                                 "identity_dir": str(other_dir)}, "missing required arguments: admin_secret"),
         Case("existing org, secret unknown", {**conn, "org_id": org["id"], "identity_dir": str(other_dir)},
              "already exists on the broker"),
         Case("missing ca_path", {**conn, "broker_url": "https://127.0.0.1:9", "ca_path": str(tmp_path / "nope.pem"),

@@ -263,9 +263,11 @@ def test_service_info_cgroup_oom_kill_is_oom_not_plain_sigkill(mini_stack):
     stack, _ = mini_stack
     s = _info(stack, services=["oomer"]).result["services"]["oomer"]
     if not (stack / "run" / "oomer.cgroup").exists():
-        # no writable memory cgroup: the launcher fell back to RLIMIT_AS, allocation fails instead
+        # the launcher fell back to RLIMIT_AS: its MemoryError is what test_service_info_exit_classes
+        # proves with memhog; the cgroup OOM kill this test is about cannot happen here
         assert s["exit_class"] == "oom" and s["oom"] == "memory_error", s
-        return
+        pytest.skip("no writable memory cgroup on this machine (the launcher fell back to RLIMIT_AS): "
+                    "the cgroup OOM kill is not exercised")
     assert s["signal"] == "SIGKILL" and s["shell_exit_code"] == 137, s
     assert s["exit_class"] == "oom", s
     assert s["oom"] in ("kernel_oom_kill", "cgroup")

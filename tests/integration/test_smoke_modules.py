@@ -241,19 +241,22 @@ def deny_broker(pg_server, redis_server, bao_server):
 
 
 @pytest.mark.slow
-def test_smoke_skips_the_message_when_policy_denies_and_fits_the_real_rate_limit(deny_broker, tmp_path):
+def test_smoke_requires_the_message_unless_told_and_fits_the_real_rate_limit(deny_broker, tmp_path):
     ids = tmp_path / "ids"
+    # by default the cross-org message is required: a policy that denies it fails the smoke test
+    r, lines, phases = smoke(deny_broker, tmp_path, cullis_smoke_identity_root=str(tmp_path / "ids-default"))
+    assert r.rc != 0, "\n".join(lines)
+    assert {k: v[0] for k, v in phases.items()} == dict(ALL_PASS, **{"message A -> B": "FAIL"}), "\n".join(lines)
+    assert "policy denies a session" in phases["message A -> B"][1]
+    assert "smoke test FAILED: message A -> B" in r.output
+    # told that the policy denies it on purpose: SKIPPED with the broker's reason
     t0 = time.time() - 0.001
-    r, lines, phases = smoke(deny_broker, tmp_path, cullis_smoke_identity_root=str(ids))
+    r, lines, phases = smoke(deny_broker, tmp_path, cullis_smoke_identity_root=str(ids),
+                             cullis_smoke_message_required=False)
     assert r.rc == 0, "\n".join(lines)
     assert {k: v[0] for k, v in phases.items()} == dict(ALL_PASS, **{"message A -> B": "SKIPPED"})
     assert "Policy: policy_default_deny" in phases["message A -> B"][1]
     assert token_requests_since(deny_broker.env["REDIS_URL"], t0) == 4
-    # with delivery required, the policy denial fails the module
-    org_a, org_b = sorted(ids.iterdir())
-    r = login(deny_broker, org_a, "sender", send_message={"peer_identity_dir": str(org_b), "peer_agent": "receiver"})
-    assert r.failed and "policy denies a session" in r.result["msg"]
-    assert r.result["logged_in"]
 
 
 def test_smoke_reports_fail_and_fails_with_a_wrong_admin_secret(broker, tmp_path):

@@ -61,3 +61,17 @@ notes:
   - Set these options once per play with C(module_defaults) and the action group
     C(group/cullis.broker.broker).
 """
+
+    # For modules whose every call is an admin call (broker_argument_spec(admin_secret_required=True)).
+    # List it BEFORE cullis.broker.broker: the first fragment that documents an option wins.
+    ADMIN_REQUIRED = r"""
+options:
+  admin_secret:
+    description:
+      - The broker's E(ADMIN_SECRET), sent as the C(x-admin-secret) header on admin calls.
+      - If not set, the environment variable E(CULLIS_ADMIN_SECRET) is used (an empty variable counts
+        as not set).
+      - Required by this module. Never logged or returned.
+    type: str
+    required: true
+"""

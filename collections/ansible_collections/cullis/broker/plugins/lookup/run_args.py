@@ -9,7 +9,7 @@ __metaclass__ = type
 DOCUMENTATION = r"""
 name: run_args
 short_description: The inventory sources and extra variables of the running ansible-playbook
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - Returns what the current run was started with, so that a playbook which must start another
     C(ansible-playbook) (the DR drill's deploy, smoke and teardown of a staging stack) hands it

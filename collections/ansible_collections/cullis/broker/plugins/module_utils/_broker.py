@@ -28,14 +28,27 @@ except ImportError:  # pragma: no cover - Python 2 is not supported by the broke
     http_client = None
 
 from ansible.module_utils.basic import env_fallback
+from ansible.module_utils.common.parameters import AnsibleFallbackNotFound
+
+
+def nonempty_env_fallback(*names):
+    """env_fallback that treats an empty variable as unset (so `required` still catches it)."""
+    value = env_fallback(*names)
+    if not value:
+        raise AnsibleFallbackNotFound
+    return value
 
 
 def broker_argument_spec(admin_secret_required=False):
-    """Options of plugins/doc_fragments/broker.py, for AnsibleModule(argument_spec=...)."""
+    """Options of plugins/doc_fragments/broker.py, for AnsibleModule(argument_spec=...).
+
+    admin_secret_required=True for modules that only make admin calls; document them with the
+    cullis.broker.broker.admin_required fragment (listed before cullis.broker.broker).
+    """
     return dict(
         broker_url=dict(type='str', required=True, fallback=(env_fallback, ['CULLIS_BROKER_URL'])),
         admin_secret=dict(type='str', no_log=True, required=admin_secret_required,
-                          fallback=(env_fallback, ['CULLIS_ADMIN_SECRET'])),
+                          fallback=(nonempty_env_fallback, ['CULLIS_ADMIN_SECRET'])),
         ca_path=dict(type='path', aliases=['ca_cert'], fallback=(env_fallback, ['CULLIS_CA_PATH'])),
         validate_certs=dict(type='bool', default=True),
         timeout=dict(type='float', default=10),

@@ -16,6 +16,7 @@ __metaclass__ = type
 import re
 
 from ansible.module_utils.basic import env_fallback
+from ansible_collections.cullis.broker.plugins.module_utils._redact import scrub
 
 try:
     import psycopg2
@@ -49,15 +50,8 @@ def libpq_dsn(dsn):
 
 
 def redact(text, secret):
-    """Remove the DSN and any password in it from an error text."""
-    text = str(text)
-    if not secret:
-        return text
-    text = text.replace(secret, '<db_dsn>')
-    match = re.search(r'://[^:/@]*:([^@]*)@', secret) or re.search(r'password=(\S+)', secret)
-    if match and match.group(1):
-        text = text.replace(match.group(1), '********')
-    return text
+    """Remove the DSN and any password in it from an error text (the collection's one scrubber)."""
+    return scrub(text, [secret] if secret else [])
 
 
 class BrokerDB(object):

@@ -22,6 +22,7 @@ import subprocess
 import uuid
 
 from ansible.module_utils.basic import env_fallback
+from ansible_collections.cullis.broker.plugins.module_utils._redact import scrub
 
 DEFAULT_PG_BIN_DIR = '/usr/lib/postgresql/15/bin'
 
@@ -103,9 +104,7 @@ class PostgresConnection(object):
 
     def scrub(self, text):
         """Remove the password from a message, in case a server echoes it back."""
-        if self.password and text:
-            text = text.replace(self.password, '********')
-        return text
+        return scrub(text, [self.password] if self.password else [])
 
     def popen(self, program, args, **kwargs):
         return self.executor.popen(program, args, self.env(), **kwargs)

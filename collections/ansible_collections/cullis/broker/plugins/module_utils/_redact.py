@@ -3,7 +3,9 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Internal module_utils: redact secrets from log lines before a module returns them.
 
-Not a public API of the collection. Two layers:
+Not a public API of the collection. The one scrubber of the collection: every module masks secrets
+in the texts it returns with `Redactor` (or `scrub()`), and registers the secrets it reads from files
+or other systems with `protect()` so that Ansible masks them too. Two layers:
   1. the values of known secrets (read from the stack's .env, plus any extra values the caller
      knows), replaced wherever they appear, also URL-encoded;
   2. patterns that carry secrets whatever their value: passwords in URLs
@@ -57,10 +59,42 @@ def secret_values_from_env(env):
         if value and SECRET_KEY_RE.search(key):
             values.append(value)
             # URLs: also the password part alone (it appears in other URLs and error texts)
-            m = re.match(r'^[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s:/@]*:([^\s@/]+)@', value)
-            if m:
-                values.append(m.group(1))
+            password = url_password(value)
+            if password:
+                values.append(password)
     return values
+
+
+def url_password(value):
+    """The password part of `scheme://user:password@host...` (or `password=...` of a libpq DSN), or None."""
+    value = value or ''
+    m = re.match(r'^[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s:/@]*:([^\s@/]+)@', value) or re.search(r'password=(\S+)', value)
+    return m.group(1) if m else None
+
+
+def protect(module, *values):
+    """Register secrets a module read itself (a keys file, a .env, a DSN) in module.no_log_values.
+
+    Ansible then masks them in everything the module returns, its warnings and its failures, as it
+    does for options declared no_log. A URL also registers its password alone. Returns the first value.
+    """
+    for value in values:
+        if not value:
+            continue
+        if isinstance(value, bytes):
+            value = value.decode('utf-8', 'replace')
+        module.no_log_values.add(str(value))
+        password = url_password(str(value))
+        if password:
+            module.no_log_values.add(password)
+    return values[0] if values else None
+
+
+def scrub(text, secrets, min_length=1):
+    """Mask the given secret values and secret-shaped patterns in one text (None stays None)."""
+    if text is None:
+        return text
+    return Redactor(secrets, min_length=min_length)(str(text))
 
 
 class Redactor(object):
@@ -74,10 +108,13 @@ class Redactor(object):
             v = str(v)
             if len(v) < min_length:
                 continue
-            vals.add(v)
-            enc = quote(v, safe='')
-            if enc != v:
-                vals.add(enc)
+            for item in (v, url_password(v)):
+                if not item or len(item) < min_length:
+                    continue
+                vals.add(item)
+                enc = quote(item, safe='')
+                if enc != item:
+                    vals.add(enc)
         # longest first so a URL containing a password is masked whole
         self.values = sorted(vals, key=len, reverse=True)
 

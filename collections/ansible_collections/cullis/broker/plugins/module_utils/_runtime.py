@@ -53,7 +53,7 @@ class RuntimeErrorCullis(Exception):
 
 
 def runtime_argument_spec():
-    """Options every module that controls a stack service takes (doc fragment: none, see stack_service)."""
+    """Options of every module that reaches the stack through its runtime (doc fragment: runtime)."""
     return dict(
         stack_dir=dict(type='path', required=True),
         runtime=dict(type='str', default='process', choices=list(RUNTIMES)),

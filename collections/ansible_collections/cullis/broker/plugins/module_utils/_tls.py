@@ -27,6 +27,7 @@ import datetime
 import hashlib
 import ipaddress
 import os
+import re
 import socket
 import ssl
 import threading
@@ -282,16 +283,104 @@ def _missing_issuer(leaf, intermediates, trust):
     return None
 
 
+# X.509 extensions by OID, so that findings name them in words ("missing Authority Key Identifier")
+EXTENSION_NAMES = {
+    '2.5.29.14': 'Subject Key Identifier',
+    '2.5.29.15': 'Key Usage',
+    '2.5.29.17': 'Subject Alternative Name',
+    '2.5.29.19': 'Basic Constraints',
+    '2.5.29.30': 'Name Constraints',
+    '2.5.29.31': 'CRL Distribution Points',
+    '2.5.29.32': 'Certificate Policies',
+    '2.5.29.35': 'Authority Key Identifier',
+    '2.5.29.37': 'Extended Key Usage',
+    '1.3.6.1.5.5.7.1.1': 'Authority Information Access',
+}
+STRICT_CLIENTS = ('strict clients only (for example Python 3.13+ default TLS context, '
+                  'which verifies the CA/Browser Forum profile)')
+
+
 def _clean_error(message):
     message = str(message)
     if message.startswith('validation failed: '):
         message = message[len('validation failed: '):]
     cut = message.find(' (encountered processing')
-    return message[:cut] if cut > 0 else message
+    message = message[:cut] if cut > 0 else message
+    return describe_x509_error(message)
+
+
+def _extension_name(oid):
+    return EXTENSION_NAMES.get(oid, 'extension %s' % oid)
+
+
+def describe_x509_error(message):
+    """A verifier message with X.509 extension OIDs named in words."""
+    m = re.match(r'^invalid extension: ([0-9.]+): (.*)$', message)
+    if m:
+        name, detail = _extension_name(m.group(1)), m.group(2)
+        if 'missing required extension' in detail.lower():
+            return 'missing %s extension' % name
+        return '%s extension: %s' % (name, detail[:1].lower() + detail[1:])
+    return re.sub(r'\b(?:[0-9]+\.){3,}[0-9]+\b', lambda o: EXTENSION_NAMES.get(o.group(0), o.group(0)), message)
+
+
+def lenient_path_exists(leaf, intermediates, trust, now=None, max_depth=8):
+    """True when signatures chain the leaf to a trusted CA (names, signatures, validity dates only).
+
+    What lenient TLS clients (OpenSSL without X509_V_FLAG_X509_STRICT: curl, Python up to 3.12, most
+    agents) check. When this holds but the strict verifier refuses the chain, only strict clients
+    reject the certificate."""
+    now = now or utcnow()
+    trusted = [c.public_bytes(serialization.Encoding.DER) for c in trust]
+    pool = list(intermediates) + list(trust)
+    current = leaf
+    for _depth in range(max_depth):
+        if current.public_bytes(serialization.Encoding.DER) in trusted:
+            return True
+        issuer = None
+        for cand in pool:
+            if cand.subject != current.issuer or cand is current:
+                continue
+            try:
+                current.verify_directly_issued_by(cand)
+            except Exception:  # signature, algorithm or name mismatch
+                continue
+            if _not_before(cand) <= now <= _not_after(cand):
+                issuer = cand
+                break
+        if issuer is None:
+            return False
+        if issuer.public_bytes(serialization.Encoding.DER) in trusted:
+            return True
+        current = issuer
+    return False
 
 
 def verify_chain(leaf, intermediates, trust, trust_description, now=None):
     """(chain_valid, chain_error) for the leaf with the presented intermediates against `trust`."""
+    valid, error, _scope = verify_chain_scope(leaf, intermediates, trust, trust_description, now)
+    return valid, error
+
+
+def verify_chain_scope(leaf, intermediates, trust, trust_description, now=None):
+    """(chain_valid, chain_error, scope): scope says who rejects an invalid chain.
+
+    V(all): there is no path to a trusted CA (every client fails); V(strict): signatures lead to a
+    trusted CA but the chain breaks the profile strict verifiers enforce, so only strict clients
+    reject it; None when the chain is valid."""
+    now = now or utcnow()
+    valid, error = _verify_chain(leaf, intermediates, trust, trust_description, now)
+    if valid:
+        return True, None, None
+    others = [c for c in intermediates
+              if c.public_bytes(serialization.Encoding.DER) != leaf.public_bytes(serialization.Encoding.DER)]
+    if (trust and _not_before(leaf) <= now <= _not_after(leaf) and _verification_subject(leaf) is not None
+            and lenient_path_exists(leaf, others, trust, now)):
+        return False, 'rejected by %s: %s' % (STRICT_CLIENTS, error), 'strict'
+    return False, error, 'all'
+
+
+def _verify_chain(leaf, intermediates, trust, trust_description, now):
     now = now or utcnow()
     if not trust:
         return False, 'no trusted CA certificate in %s' % trust_description
@@ -322,15 +411,18 @@ def verify_chain(leaf, intermediates, trust, trust_description, now=None):
                 return False, ('incomplete chain: the issuer "%s" of "%s" is neither presented nor in %s'
                                % (missing.issuer.rfc4514_string(), missing.subject.rfc4514_string(),
                                   trust_description))
-            return False, 'no valid path to a CA in %s (%s)' % (trust_description, message)
+            return False, 'no path to a trusted CA in %s (%s)' % (trust_description, message)
         return False, message
     except ValueError as exc:
         return False, str(exc)
     return True, None
 
 
-def evaluate(facts, warn_days, critical_days):
-    """(status, problems) of a checked certificate, from its facts and the thresholds."""
+def evaluate(facts, warn_days, critical_days, no_path_status='critical', strict_only_status='critical'):
+    """(status, problems) of a checked certificate, from its facts and the thresholds.
+
+    An invalid chain gets `no_path_status` when no client can build a path to a trusted CA
+    (facts chain_scope V(all)), `strict_only_status` when only strict clients reject it (V(strict))."""
     problems = []
     status = 'ok'
 
@@ -352,7 +444,12 @@ def evaluate(facts, warn_days, critical_days):
         status = raise_to('critical', 'certificate does not cover %s (SANs: %s)'
                           % (facts['hostname'], ', '.join(facts['sans']) or 'none'))
     if facts.get('chain_valid') is False and not (facts['expired'] or facts['not_yet_valid']):
-        status = raise_to('critical', 'untrusted chain: %s' % facts['chain_error'])
+        level = strict_only_status if facts.get('chain_scope') == 'strict' else no_path_status
+        text = 'untrusted chain: %s' % facts['chain_error']
+        if level == 'ok':
+            problems.append(text + ' (accepted: strict_only_status=ok)')
+        else:
+            status = raise_to(level, text)
     return status, problems
 
 

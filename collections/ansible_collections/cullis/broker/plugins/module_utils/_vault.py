@@ -225,6 +225,28 @@ def clients_from_module(module):
     return clients
 
 
+def active_client(clients):
+    """The first node of `clients` that answers and is unsealed (else the first that answers).
+
+    For modules that act on the cluster through one node (vault_snapshot). Raises VaultError naming
+    every node's problem when none answers."""
+    if len(clients) == 1:
+        return clients[0]
+    answering, errors = None, []
+    for client in clients:
+        try:
+            status = client.seal_status()
+        except VaultError as e:
+            errors.append(str(e))
+            continue
+        if not status.get('sealed'):
+            return client
+        answering = answering or client
+    if answering is not None:
+        return answering
+    raise VaultError("no Vault node answered: %s" % '; '.join(errors))
+
+
 # ---- node reports ----------------------------------------------------------------------------
 
 STATUS_FIELDS = ('initialized', 'sealed', 't', 'n', 'progress', 'version', 'cluster_name', 'cluster_id',

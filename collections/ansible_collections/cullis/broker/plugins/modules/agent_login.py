@@ -21,7 +21,8 @@ description:
     sends one message to an agent of another org (O(send_message)) - the peer logs in, accepts the
     session and reads the message back, which proves delivery.
   - Changes no configuration, so it always reports C(changed=false). A login still has side
-    effects on the broker (certificate pinned on first login, audit rows, rate-limit counters).
+    effects on the broker (certificate pinned on first login, audit rows, rate-limit counters), in
+    check mode too; see the C(check_mode) attribute.
   - The broker allows 10 token requests per minute per client IP and a plain login costs two
     (nonce round-trip); with O(prefetch_nonce) it costs one, and the peer of O(send_message) reuses
     the sender's nonce. On HTTP 429 the module waits for C(Retry-After) and retries, for at most
@@ -32,15 +33,22 @@ extends_documentation_fragment:
   - cullis.broker.broker
 attributes:
   check_mode:
-    support: full
-    description:
-      - The module is read-only with respect to configuration; it logs in in check mode too.
+    support: partial
+    description: Can run in check mode and return changed status prediction without modifying target.
+    details:
+      - The login (and O(list_agents)) runs in check mode too, since checking the outcome is the
+        module's job; it has the side effects of any login (first-login certificate pinning, audit
+        rows, rate-limit counters).
+      - O(send_message) is not carried out in check mode (no session is opened, no message sent);
+        RV(send_message.result) is then V(skipped_check_mode).
   diff_mode:
     support: none
     description: Nothing to diff.
   idempotent:
     support: full
-    description: Never changes anything; repeated runs give the same outcome while the broker state is unchanged.
+    description:
+      - Never changes configuration; repeated runs give the same outcome while the broker state is
+        unchanged (the first login of an agent pins its certificate, later logins find it pinned).
 options:
   public_url:
     description:
@@ -208,7 +216,9 @@ send_message:
   type: dict
   contains:
     result:
-      description: V(delivered) (the peer read the exact payload) or V(policy_denied).
+      description:
+        - V(delivered) (the peer read the exact payload), V(policy_denied), or V(skipped_check_mode)
+          (in check mode; no session was opened, no message sent).
       type: str
     session_id:
       description: Broker session id.
@@ -233,6 +243,7 @@ import uuid
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.cullis.broker.plugins.module_utils._broker import BrokerClient, BrokerError, broker_argument_spec
+from ansible_collections.cullis.broker.plugins.module_utils._redact import protect
 from ansible_collections.cullis.broker.plugins.module_utils._agent_client import (
     HAS_CRYPTOGRAPHY, CRYPTOGRAPHY_IMPORT_ERROR, AgentIdentity, AgentSession, LoginError, jws_unverified, sign_message)
 from ansible_collections.cullis.broker.plugins.module_utils import _org_identity as oid
@@ -428,6 +439,9 @@ def main():
     try:
         identity = load_identity(p)
         peer_identity = load_peer(p['send_message']) if p['send_message'] else None
+        for ident in (identity, peer_identity):
+            if ident is not None:  # private keys read from files: masked like no_log options
+                protect(module, ident.key_pem, ident.mastio_key_pem)
         result['agent_id'] = identity.agent_id
         session = AgentSession(client, p['public_url'] or p['broker_url'], identity)
         if p['prefetch_nonce']:
@@ -443,7 +457,11 @@ def main():
             result['agents'] = must(session.request('GET', '/v1/federation/agents'),
                                     'GET /v1/federation/agents as %s' % identity.agent_id)
         if status == 200 and peer_identity is not None:
-            result['send_message'] = exchange_message(client, p, session, peer_identity, p['rate_limit_wait'])
+            if module.check_mode:  # opening a session and sending a message are not read-only
+                result['send_message'] = {'result': 'skipped_check_mode'}
+            else:
+                result['send_message'] = exchange_message(client, p, session, peer_identity,
+                                                          p['rate_limit_wait'])
     except (LoginFailed, BrokerError) as e:
         module.fail_json(msg=str(e), **result)
     finally:

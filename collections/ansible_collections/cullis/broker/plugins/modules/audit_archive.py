@@ -27,7 +27,7 @@ description:
     After commit it checks that each org's first remaining row links to its anchor and that the
     trigger is enabled. O(vacuum=true) then runs C(VACUUM) so the space is reusable."
   - V(verified) re-verifies an archive file against its manifest (checksum and chain).
-version_added: 1.0.0
+version_added: 0.1.0
 author: Cullis operations team (!UNKNOWN)
 extends_documentation_fragment:
   - cullis.broker.postgres

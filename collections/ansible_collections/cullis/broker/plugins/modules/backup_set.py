@@ -22,11 +22,13 @@ description:
     C(verification) record), so an edited manifest - a row count a restore compares with - fails
     here, before a restore stops anything.
   - V(extracted) decrypts one file of the set (O(name)) to O(dest), mode 0600, after checking its
-    checksum; nothing changes when O(dest) already has that content.
+    checksum; nothing changes when O(dest) already has that content. Decryption is streamed (constant
+    memory) into a temporary file renamed over O(dest) once every chunk authenticated.
   - V(pruned) applies O(keep_last) / O(keep_days) to the sets (C(set-*) directories) under O(path),
     never deleting the newest set whose Postgres backup is verified; V(latest) only reports the newest
-    set (the newest verified one when O(verified_only=true)).
-version_added: 1.0.0
+    set (the newest verified one when O(verified_only=true)). M(cullis.broker.backup_set_info) reports
+    the same, as a read-only info module; V(latest) stays for existing playbooks.
+version_added: 0.1.0
 author: Cullis operations team (!UNKNOWN)
 attributes:
   check_mode:
@@ -37,8 +39,11 @@ attributes:
     support: none
   idempotent:
     description: When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
-    support: partial
-    details: V(verified) and V(extracted) are idempotent; V(present) rewrites the set manifest.
+    support: full
+    details:
+      - V(present) adds a file only when the set does not hold it with that content yet (compared by an
+        HMAC keyed with the encryption key, stored in the file's manifest), and rewrites the set manifest
+        only when the set's artifacts changed. V(pruned) deletes nothing the second time.
 options:
   state:
     description: What to do with the set.
@@ -65,20 +70,21 @@ options:
         required: true
   encryption_key_file:
     description:
-      - 256-bit key file (as for M(cullis.broker.pg_backup)). Required to add or extract files.
+      - 256-bit key file (as for M(cullis.broker.pg_backup)). Required to add (O(files)) or
+        extract (V(extracted)) files.
       - Must be readable by its owner only (mode 0600); a file group or others can read is refused.
     type: path
   name:
-    description: With V(extracted), the O(files[].name) to extract.
+    description: With V(extracted) (required), the O(files[].name) to extract.
     type: str
   dest:
-    description: With V(extracted), where to write the file (mode 0600).
+    description: With V(extracted) (required), where to write the file (mode 0600).
     type: path
   label:
     description: Free text stored in the set manifest (for example the stack name).
     type: str
   keep_last:
-    description: With V(pruned), keep the newest N sets.
+    description: With V(pruned), keep the newest N sets (V(pruned) needs O(keep_last), O(keep_days) or both).
     type: int
   keep_days:
     description: With V(pruned), keep sets younger than N days.
@@ -129,6 +135,10 @@ vault:
   description: File name of the Vault snapshot in the set (null if none).
   returned: success
   type: str
+dest:
+  description: With V(extracted), the file written (or already up to date).
+  returned: state=extracted
+  type: str
 kept:
   description: Sets kept by V(pruned).
   returned: state=pruned
@@ -153,7 +163,6 @@ verified:
   type: bool
 """
 
-import json
 import os
 import time
 
@@ -161,36 +170,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.text.converters import to_native
 
 from ansible_collections.cullis.broker.plugins.module_utils import _pg_backup as pb
-
-SET_MANIFEST = 'backup-set.json'
-KIND = 'cullis.broker.backup_set/v1'
-FILE_KIND = 'cullis.broker.backup_set.file/v1'
-KINDS = {pb.MANIFEST_KIND: 'postgres', 'cullis.broker.vault_snapshot/v1': 'vault', FILE_KIND: 'file'}
-
-
-def scan(path):
-    """Artifacts in the set directory: every `<artifact>.json` manifest of a known kind."""
-    items = []
-    for name in sorted(os.listdir(path)):
-        if not name.endswith('.json') or name == SET_MANIFEST or name.startswith('.'):
-            continue
-        artifact = os.path.join(path, name[:-5])
-        try:
-            m = pb.read_manifest(artifact)
-        except pb.BackupError:
-            continue
-        if not m or m.get('kind') not in KINDS:
-            continue
-        items.append(dict(name=name[:-5], kind=KINDS[m['kind']], sha256=m.get('sha256'), size=m.get('size'),
-                          time=m.get('start_time'), label=m.get('name'), manifest_sha256=pb.manifest_digest(m)))
-    return items
-
-
-def summary(items):
-    def first(kind):
-        found = [i['name'] for i in items if i['kind'] == kind]
-        return found[-1] if found else None
-    return dict(postgres=first('postgres'), vault=first('vault'))
+from ansible_collections.cullis.broker.plugins.module_utils import _backup_set as bs
 
 
 class Job(object):
@@ -205,54 +185,59 @@ class Job(object):
         return pb.load_key(self.p['encryption_key_file'])
 
     def present(self):
+        """Add the files that are not in the set with this content yet; rewrite the set manifest only
+        when its artifacts changed (idempotent: a second run reports changed=false)."""
         path = self.p['path']
         if not os.path.isdir(path):
             raise pb.BackupError("backup set directory %s does not exist" % path)
         key = self.key() if self.p['files'] else None
-        self.result['changed'] = True
-        if self.module.check_mode:
-            return
+        to_add = []
         for f in self.p['files']:
-            self.add_file(path, f['name'], f['src'], key)
-        items = scan(path)
-        now = time.time()
-        manifest = dict(kind=KIND, created=pb.utc_iso(now), created_epoch=now, label=self.p['label'], items=items)
-        manifest.update(summary(items))
+            try:
+                mac = bs.source_mac(key, f['src'])
+            except (IOError, OSError) as e:
+                raise pb.BackupError("cannot read %s: %s" % (f['src'], pb.describe_os_error(e, f['src'])))
+            if not bs.file_is_current(path, f['name'], mac):
+                to_add.append((f, mac))
         try:
-            pb.write_json_atomic(os.path.join(path, SET_MANIFEST), manifest)
+            old = bs.load_set_manifest(path)
+        except pb.BackupError:
+            old = None
+        if self.module.check_mode:
+            items = bs.scan(path)
+            self.result['changed'] = bool(to_add) or old is None or not bs.same_items(old.get('items'), items) \
+                or old.get('label') != self.p['label']
+            return
+        for f, mac in to_add:
+            self.add_file(path, f['name'], f['src'], key, mac)
+        items = bs.scan(path)
+        if old is not None and bs.same_items(old.get('items'), items) and old.get('label') == self.p['label']:
+            self.result.update(manifest=old, items=old['items'], **bs.summary(old['items']))
+            return
+        now = time.time()
+        manifest = dict(kind=bs.KIND, created=pb.utc_iso(now), created_epoch=now, label=self.p['label'], items=items)
+        manifest.update(bs.summary(items))
+        try:
+            pb.write_json_atomic(os.path.join(path, bs.SET_MANIFEST), manifest)
         except (IOError, OSError) as e:
             raise pb.BackupError("writing the set manifest failed: %s" % pb.describe_os_error(e, path))
-        self.result.update(manifest=manifest, items=items, **summary(items))
+        self.result.update(changed=True, manifest=manifest, items=items, **bs.summary(items))
 
-    def add_file(self, path, name, src, key):
+    def add_file(self, path, name, src, key, mac):
         final = os.path.join(path, name + '.enc')
         try:
             with open(src, 'rb') as source:
                 sha256, size = pb.write_stream_atomic(final, iter(lambda: source.read(pb.READ_SIZE), b''), key)
             pb.write_json_atomic(pb.manifest_path(final), dict(
-                kind=FILE_KIND, name=name, source=src, sha256=sha256, size=size, encrypted=True,
-                start_time=pb.utc_iso(time.time())))
+                kind=bs.FILE_KIND, name=name, source=src, sha256=sha256, size=size, encrypted=True,
+                source_hmac=mac, start_time=pb.utc_iso(time.time())))
         except (IOError, OSError) as e:
             pb.remove_path(final)
             raise pb.BackupError("adding %s to the set failed: %s" % (src, pb.describe_os_error(e, path)))
 
-    def load(self):
-        path = self.p['path']
-        mpath = os.path.join(path, SET_MANIFEST)
-        try:
-            with open(mpath) as f:
-                manifest = json.load(f)
-        except (IOError, OSError):
-            raise pb.BackupError("%s has no %s: not a complete backup set" % (path, SET_MANIFEST))
-        except ValueError:
-            raise pb.BackupError("%s is not valid JSON" % mpath)
-        if manifest.get('kind') != KIND:
-            raise pb.BackupError("%s is not a backup set manifest" % mpath)
-        return manifest
-
     def verified(self):
         path = self.p['path']
-        manifest = self.load()
+        manifest = bs.load_set_manifest(path)
         problems, unchecked = [], []
         for item in manifest.get('items', []):
             artifact = os.path.join(path, item['name'])
@@ -280,12 +265,10 @@ class Job(object):
         if unchecked:
             self.module.warn("backup set %s was sealed before set manifests covered artifact manifests: the "
                              "manifests of %s are not checked (their artifacts are)" % (path, ', '.join(unchecked)))
-        self.result.update(manifest=manifest, items=manifest['items'], **summary(manifest['items']))
+        self.result.update(manifest=manifest, items=manifest['items'], **bs.summary(manifest['items']))
 
     def extracted(self):
-        if not self.p['name'] or not self.p['dest']:
-            raise pb.BackupError("state=extracted needs name and dest")
-        manifest = self.load()
+        manifest = bs.load_set_manifest(self.p['path'])
         item_name = self.p['name'] + '.enc'
         items = [i for i in manifest.get('items', []) if i['name'] == item_name and i['kind'] == 'file']
         if not items:
@@ -294,55 +277,18 @@ class Job(object):
         if pb.sha256_file(artifact) != items[0]['sha256']:
             raise pb.BackupError("%s: checksum mismatch (truncated or altered); nothing was written" % item_name)
         key = self.key()
-        with open(artifact, 'rb') as src:
-            plain = b''.join(pb.decrypt_chunks(key, src, item_name))
         dest = self.p['dest']
-        current = None
-        if os.path.isfile(dest):
-            with open(dest, 'rb') as f:
-                current = f.read()
-        self.result.update(manifest=manifest, items=manifest['items'], dest=dest, **summary(manifest['items']))
-        if current == plain and (os.stat(dest).st_mode & 0o777) == 0o600:
-            return
-        self.result['changed'] = True
-        if self.module.check_mode:
-            return
-        d = os.path.dirname(dest) or '.'
-        if not os.path.isdir(d):
-            os.makedirs(d, 0o700)
-        with pb.AtomicFile(dest, 0o600) as af:
-            af.write(plain)
-            af.commit()
-
-
-def list_sets(root):
-    """Sets under root, oldest first, as dicts for pb.select_retention."""
-    sets = []
-    if not os.path.isdir(root):
-        return sets
-    for name in sorted(os.listdir(root)):
-        d = os.path.join(root, name)
-        mpath = os.path.join(d, SET_MANIFEST)
-        if not name.startswith('set-') or not os.path.isfile(mpath):
-            continue
+        self.result.update(manifest=manifest, items=manifest['items'], dest=dest, **bs.summary(manifest['items']))
         try:
-            with open(mpath) as f:
-                m = json.load(f)
-        except (IOError, OSError, ValueError):
-            continue
-        pg_name = m.get('postgres')
-        pg = (pb.read_manifest(os.path.join(d, pg_name)) if pg_name else None) or {}
-        sets.append(dict(path=d, start_epoch=m.get('created_epoch', 0), exists=True,
-                         verification=pg.get('verification'), backup_time=pg.get('start_time')))
-    sets.sort(key=lambda s: (s['start_epoch'], s['path']))
-    return sets
+            self.result['changed'] = bs.decrypt_to(key, artifact, item_name, dest, self.module.check_mode)
+        except (IOError, OSError) as e:
+            raise pb.BackupError("writing %s failed, the file was left as it was: %s"
+                                 % (dest, pb.describe_os_error(e, dest)))
 
 
 def pruned(job):
     p = job.p
-    if p['keep_last'] is None and p['keep_days'] is None:
-        raise pb.BackupError("state=pruned needs keep_last and/or keep_days")
-    kept, deleted = pb.select_retention(list_sets(p['path']), p['keep_last'], p['keep_days'])
+    kept, deleted = pb.select_retention(bs.list_sets(p['path']), p['keep_last'], p['keep_days'])
     job.result.update(kept=kept, deleted=deleted, changed=bool(deleted))
     if not job.module.check_mode:
         for d in deleted:
@@ -350,10 +296,7 @@ def pruned(job):
 
 
 def latest(job):
-    sets = list_sets(job.p['path'])
-    if job.p['verified_only']:
-        sets = [s for s in sets if pb.is_verified(s)]
-    chosen = sets[-1] if sets else None
+    chosen, _count = bs.latest_set(job.p['path'], job.p['verified_only'])
     job.result.update(set=chosen['path'] if chosen else None, backup_time=chosen['backup_time'] if chosen else None,
                       verified=pb.is_verified(chosen) if chosen else False)
 
@@ -374,6 +317,8 @@ def main():
             verified_only=dict(type='bool', default=False),
         ),
         supports_check_mode=True,
+        required_if=[('state', 'extracted', ['name', 'dest', 'encryption_key_file']),
+                     ('state', 'pruned', ['keep_last', 'keep_days'], True)],
     )
     job = Job(module)
     actions = dict(present=job.present, verified=job.verified, extracted=job.extracted,

@@ -62,6 +62,10 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+url:
+  description: The broker URL that was probed (O(broker_url)).
+  returned: always
+  type: str
 reachable:
   description: The broker answered HTTP on /health.
   type: bool

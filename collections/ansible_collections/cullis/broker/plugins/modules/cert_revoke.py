@@ -28,6 +28,7 @@ description:
     M(cullis.broker.org_state) for the rest of an org compromise (runbook section 6).
 author: Cullis operations team (@cullis)
 extends_documentation_fragment:
+  - cullis.broker.broker.admin_required
   - cullis.broker.broker
   - cullis.broker.broker_db
 attributes:
@@ -273,7 +274,7 @@ def revoke_one(client, target, reason, revoked_by):
 
 
 def run_module():
-    argument_spec = broker_argument_spec()
+    argument_spec = broker_argument_spec(admin_secret_required=True)
     argument_spec.update(broker_db_argument_spec())
     argument_spec.update(
         serials=dict(type='list', elements='raw', default=[]),
@@ -293,9 +294,6 @@ def run_module():
     p = module.params
     result = dict(changed=False, revoked=[], already_revoked=[], failures=[], would_revoke=[], agents=[],
                   unpinned_agents=[], unknown_serials=[], discovery=None, counts={})
-    if not p['admin_secret']:
-        module.fail_json(msg="admin_secret is required (or the environment variable CULLIS_ADMIN_SECRET): the "
-                         "broker's ADMIN_SECRET from its .env", **result)
     if not (p['serials'] or p['certs'] or p['all_agents']):
         module.fail_json(msg="nothing to revoke: give serials, certs, or org_id with all_agents: true", **result)
     if p['serials'] and not p['org_id']:

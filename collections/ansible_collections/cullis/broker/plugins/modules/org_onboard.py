@@ -35,9 +35,8 @@ description:
     given in O(org_secret)) or does not match is an error, never overwritten.
 author: Cullis operations team (@cullis)
 extends_documentation_fragment:
+  - cullis.broker.broker.admin_required
   - cullis.broker.broker
-notes:
-  - O(admin_secret) is required by this module.
 attributes:
   check_mode:
     support: full
@@ -205,6 +204,7 @@ from ansible_collections.cullis.broker.plugins.module_utils._broker import (
     BrokerClient, BrokerError, broker_argument_spec, path_quote)
 from ansible_collections.cullis.broker.plugins.module_utils import _org_identity as oid
 from ansible_collections.cullis.broker.plugins.module_utils._agent_client import AgentIdentity, publish_agent
+from ansible_collections.cullis.broker.plugins.module_utils._redact import protect
 
 
 DEFAULT_RETRY_AFTER = 60
@@ -229,7 +229,7 @@ class Onboarder(object):
         if self.state.get('org_id') not in (None, self.org_id):
             raise OnboardError("identity_dir %s belongs to org %r, not %r; use another directory"
                                % (self.dir.path, self.state.get('org_id'), self.org_id))
-        self.secret = p['org_secret'] or self.dir.load_secret()
+        self.secret = p['org_secret'] or protect(module, self.dir.load_secret())
         self.secret_is_new = False
         self.max_wait = p.get('rate_limit_wait', 300)
         self.waited = 0
@@ -256,7 +256,7 @@ class Onboarder(object):
                          admin=True, ok=(200, 404))
         if resp.status == 404:
             if not self.secret:
-                self.secret = oid.new_org_secret()
+                self.secret = protect(self.module, oid.new_org_secret())
                 self.secret_is_new = True
             self.act('create org %s' % self.org_id)
             self.org_created = True
@@ -457,7 +457,7 @@ def agent_specs(module):
 
 
 def main():
-    argument_spec = broker_argument_spec()
+    argument_spec = broker_argument_spec(admin_secret_required=True)
     argument_spec.update(
         org_id=dict(type='str', required=True),
         display_name=dict(type='str'),
@@ -472,9 +472,6 @@ def main():
         )),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    if not module.params['admin_secret']:
-        module.fail_json(msg="admin_secret is required to onboard an org: set it (or CULLIS_ADMIN_SECRET) "
-                             "to the broker's ADMIN_SECRET")
     if not oid.HAS_CRYPTOGRAPHY:
         module.fail_json(msg=missing_required_lib('cryptography'), exception=str(oid.CRYPTOGRAPHY_IMPORT_ERROR))
     p = module.params

@@ -24,6 +24,7 @@ description:
   - The current status is read with C(GET /v1/registry/orgs/{id}); an org already in the wanted state is unchanged.
 author: Cullis operations team (@cullis)
 extends_documentation_fragment:
+  - cullis.broker.broker.admin_required
   - cullis.broker.broker
   - cullis.broker.broker_db
 attributes:
@@ -90,8 +91,8 @@ method:
   type: str
 retries:
   description:
-    - Every retry of the suspension/approval call after a 5xx answer or a connection error (C(method),
-      C(path), C(retry), C(outcome), C(delay)); see O(retries).
+    - Every retry of an idempotent write after a 5xx answer or a connection error (C(method), C(path),
+      C(retry), C(outcome), C(delay)); see O(retries). Empty when every call succeeded first time.
   returned: always
   type: list
   elements: dict
@@ -137,7 +138,7 @@ def reactivate(module, client, org):
 
 
 def run_module():
-    argument_spec = broker_argument_spec()
+    argument_spec = broker_argument_spec(admin_secret_required=True)
     argument_spec.update(broker_db_argument_spec())
     argument_spec.update(
         org_id=dict(type='str', required=True),
@@ -145,9 +146,6 @@ def run_module():
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     org, wanted = module.params['org_id'], module.params['state']
-    if not module.params['admin_secret']:
-        module.fail_json(msg="admin_secret is required (or the environment variable CULLIS_ADMIN_SECRET): the "
-                         "broker's ADMIN_SECRET from its .env")
     client = BrokerClient.from_module(module)
     try:
         before = get_org(client, org).get('status')

@@ -74,6 +74,14 @@ latency_ms:
   description: Time from connect to C(PONG) in milliseconds.
   type: float
   returned: always
+host:
+  description: The Redis host that was pinged (O(host)).
+  type: str
+  returned: always
+port:
+  description: The port that was pinged (O(port), else the port of C(REDIS_URL) in O(env_file), else 6379).
+  type: int
+  returned: always
 password_source:
   description: Where the password came from (V(option), V(REDIS_URL), V(REDIS_PASSWORD), V(none)).
   type: str
@@ -86,6 +94,7 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.cullis.broker.plugins.module_utils._broker import read_env_file
+from ansible_collections.cullis.broker.plugins.module_utils._redact import protect, scrub
 
 try:
     from urllib.parse import urlsplit, unquote
@@ -185,9 +194,10 @@ def main():
     if p['password']:
         password, source = p['password'], 'option'
     port = p['port'] or port or 6379
+    if source in ('REDIS_URL', 'REDIS_PASSWORD'):
+        protect(module, password)  # read from a file: Ansible masks it like a no_log option
     result = ping(p['host'], port, password, p['timeout'])
-    if password and result.get('detail'):
-        result['detail'] = result['detail'].replace(password, '********')
+    result['detail'] = scrub(result.get('detail'), [password] if password else [])
     module.exit_json(changed=False, password_source=source, host=p['host'], port=port, **result)
 
 

@@ -25,16 +25,8 @@ description:
 author: Cullis operations team (!UNKNOWN)
 extends_documentation_fragment:
   - cullis.broker.info_module
+  - cullis.broker.runtime
 options:
-  stack_dir:
-    description: The stack directory (C(cullis_stack_dir)).
-    type: path
-    required: true
-  runtime:
-    description: The stack's runtime (C(cullis_runtime)).
-    type: str
-    default: process
-    choices: [process, compose]
   services:
     description: Services to report. Default - every service the runtime knows.
     type: list
@@ -46,10 +38,6 @@ options:
   env_file:
     description: The stack's C(.env), whose secret values are redacted. Default C(<stack_dir>/.env).
     type: path
-  timeout:
-    description: Seconds to wait for the runtime to answer.
-    type: float
-    default: 30
 """
 
 EXAMPLES = r"""
@@ -183,9 +171,9 @@ from ansible_collections.cullis.broker.plugins.module_utils._broker import read_
 from ansible_collections.cullis.broker.plugins.module_utils._diagnose import (
     classify_cause, classify_exit, last_exit, last_run, last_traceback, restart_count, shell_exit_code,
     startup_error, supervisor_events)
-from ansible_collections.cullis.broker.plugins.module_utils._redact import Redactor, secret_values_from_env
+from ansible_collections.cullis.broker.plugins.module_utils._redact import Redactor, protect, secret_values_from_env
 from ansible_collections.cullis.broker.plugins.module_utils._runtime import (
-    RuntimeErrorCullis, get_runtime, tail_file)
+    RuntimeErrorCullis, get_runtime, runtime_argument_spec, tail_file)
 
 SUPERVISOR_LOG_CANDIDATES = ('supervisor/supervisord.log', 'logs/supervisord.log')
 ANALYSIS_LINES = 400
@@ -287,23 +275,23 @@ def describe(name, status, svc_lines, sup_lines, redact, log_lines, stack_dir=''
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            stack_dir=dict(type='path', required=True),
-            runtime=dict(type='str', default='process', choices=['process', 'compose']),
-            services=dict(type='list', elements='str'),
-            log_lines=dict(type='int', default=40),
-            env_file=dict(type='path'),
-            timeout=dict(type='float', default=30),
-        ),
-        supports_check_mode=True,
+    argument_spec = runtime_argument_spec()
+    argument_spec.update(
+        services=dict(type='list', elements='str'),
+        log_lines=dict(type='int', default=40),
+        env_file=dict(type='path'),
     )
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     p = module.params
     stack_dir = p['stack_dir']
     if not os.path.isdir(stack_dir):
         module.warn("stack_dir %s does not exist: every service is reported down (check cullis_stack_dir)" % stack_dir)
     env = read_env_file(p['env_file'] or os.path.join(stack_dir, '.env'))
-    redact = Redactor(secret_values_from_env(env))
+    secrets = secret_values_from_env(env)
+    # read from the .env: Ansible masks them like no_log options (not short values such as
+    # JWT_ACCESS_TOKEN_EXPIRE_MINUTES=30, which would mask every "30" of the result)
+    protect(module, *[v for v in secrets if len(v) >= 8])
+    redact = Redactor(secrets)
     try:
         rt = get_runtime(p['runtime'], stack_dir, timeout=p['timeout'])
         daemon = rt.daemon_running()

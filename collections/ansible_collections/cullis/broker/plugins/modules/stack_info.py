@@ -10,7 +10,7 @@ __metaclass__ = type
 DOCUMENTATION = r"""
 module: stack_info
 short_description: Facts of a Cullis stack on the host that runs it (layout, runtime, services, settings)
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - Runs on a stack host (any host of C(cullis_stack)) and reports what playbooks used to read
     with controller-side lookups - the layout of the stack directory, the runtime and the state of
@@ -23,19 +23,11 @@ description:
 author: Cullis operations team (!UNKNOWN)
 extends_documentation_fragment:
   - cullis.broker.info_module
+  - cullis.broker.runtime
 options:
-  stack_dir:
-    description: The stack directory on this host (C(cullis_stack_dir)).
-    type: path
-    required: true
   env_file:
     description: The host's C(.env). Default C(<stack_dir>/.env).
     type: path
-  runtime:
-    description: The stack's runtime (C(cullis_runtime)).
-    type: str
-    default: process
-    choices: [process, compose]
   services:
     description: Services to report. Default - every service the runtime runs on this host.
     type: list
@@ -44,10 +36,6 @@ options:
     description: Also return the secret values of the C(.env) in RV(secrets) (use C(no_log) on the task).
     type: bool
     default: false
-  timeout:
-    description: Seconds to wait for the runtime to answer.
-    type: float
-    default: 30
 """
 
 EXAMPLES = r"""
@@ -106,22 +94,18 @@ disk:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.cullis.broker.plugins.module_utils._runtime import RUNTIMES
+from ansible_collections.cullis.broker.plugins.module_utils._runtime import runtime_argument_spec
 from ansible_collections.cullis.broker.plugins.module_utils._stack_info import gather
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            stack_dir=dict(type='path', required=True),
-            env_file=dict(type='path'),
-            runtime=dict(type='str', default='process', choices=list(RUNTIMES)),
-            services=dict(type='list', elements='str'),
-            secrets=dict(type='bool', default=False),
-            timeout=dict(type='float', default=30),
-        ),
-        supports_check_mode=True,
+    argument_spec = runtime_argument_spec()
+    argument_spec.update(
+        env_file=dict(type='path'),
+        services=dict(type='list', elements='str'),
+        secrets=dict(type='bool', default=False),
     )
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     p = module.params
     result = gather(p['stack_dir'], env_file=p['env_file'], runtime=p['runtime'], services=p['services'],
                     timeout=p['timeout'], with_secrets=p['secrets'])

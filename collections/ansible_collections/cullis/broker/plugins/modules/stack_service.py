@@ -24,6 +24,8 @@ description:
     a broker that ignores SIGTERM still stops.
   - O(name=all) with O(state=stopped) stops every service and the stack's supervisord itself.
 author: Cullis operations team (!UNKNOWN)
+extends_documentation_fragment:
+  - cullis.broker.runtime
 attributes:
   check_mode:
     support: full
@@ -51,19 +53,6 @@ options:
     type: str
     choices: [started, stopped, restarted, reloaded]
     default: started
-  stack_dir:
-    description: The stack's state directory (C(cullis_stack_dir)).
-    type: path
-    required: true
-  runtime:
-    description: How the stack runs its services (C(cullis_runtime)). Only V(process) exists in this version.
-    type: str
-    choices: [process, compose]
-    default: process
-  timeout:
-    description: Seconds to wait for a service (or supervisord) to reach the requested state.
-    type: float
-    default: 60
 notes:
   - Readiness of the application (for example the broker's C(/health)) is not checked here; follow
     with M(ansible.builtin.uri) or the health modules of this collection.

@@ -125,6 +125,21 @@ options:
     type: str
     choices: [critical, warn, never]
     default: critical
+  no_path_status:
+    description:
+      - Status of a target whose chain has no path to a trusted CA (every client fails it,
+        RV(targets[].chain_scope=all)).
+    type: str
+    choices: [critical, warn]
+    default: critical
+  strict_only_status:
+    description:
+      - Status of a target whose chain only strict clients reject (RV(targets[].chain_scope=strict)),
+        for example a certificate without an Authority Key Identifier. V(ok) accepts it (the
+        finding stays in RV(targets[].problems)).
+    type: str
+    choices: [critical, warn, ok]
+    default: critical
   max_workers:
     description: How many targets are checked at the same time.
     type: int
@@ -252,9 +267,20 @@ targets:
       description: Whether the certificate chains to a CA of O(ca_path) or the system trust.
       type: bool
     chain_error:
-      description: Why the chain is not valid, null when it is.
+      description:
+        - Why the chain is not valid, null when it is. X.509 extensions are named in words
+          (C(missing Authority Key Identifier extension)), not by OID.
+        - Starts with C(rejected by strict clients only) when signatures do lead to a trusted CA
+          but the chain breaks the profile strict verifiers enforce (RV(targets[].chain_scope=strict)).
       type: str
       sample: 'incomplete chain: the issuer "CN=Intermediate" of "CN=broker" is neither presented nor in /etc/ca.pem'
+    chain_scope:
+      description:
+        - Who rejects an invalid chain. V(all) - there is no path to a trusted CA, every client
+          fails (verdict O(no_path_status)). V(strict) - lenient clients (OpenSSL defaults, curl,
+          Python up to 3.12) accept it, strict ones (Python 3.13+ default context, CA/Browser Forum
+          profile) reject it (verdict O(strict_only_status)). Null when the chain is valid.
+      type: str
     chain_length:
       description: Number of certificates presented by the server or found in the file.
       type: int
@@ -324,6 +350,8 @@ def argument_spec():
         warn_days=dict(type='int', default=30),
         critical_days=dict(type='int', default=14),
         fail_on=dict(type='str', default='critical', choices=['critical', 'warn', 'never']),
+        no_path_status=dict(type='str', default='critical', choices=['critical', 'warn']),
+        strict_only_status=dict(type='str', default='critical', choices=['critical', 'warn', 'ok']),
         max_workers=dict(type='int', default=32),
         timeout=dict(type='float', default=10),
     )
@@ -349,6 +377,9 @@ def build_targets(params):
     return targets
 
 
+VERDICT_OPTIONS = ('no_path_status', 'strict_only_status')
+
+
 def _thresholds(entry, params):
     out = {}
     for key in ('ca_path', 'warn_days', 'critical_days'):
@@ -356,6 +387,8 @@ def _thresholds(entry, params):
     if out['critical_days'] > out['warn_days']:
         raise ValueError('critical_days (%d) must not be larger than warn_days (%d)'
                          % (out['critical_days'], out['warn_days']))
+    for key in VERDICT_OPTIONS:
+        out[key] = params.get(key) or 'critical'
     return out
 
 
@@ -383,9 +416,11 @@ def check_target(target, timeout):
         else:
             result['hostname_match'] = None
         trust, description = _tls.load_trust(target['ca_path'])
-        valid, error = _tls.verify_chain(leaf, certs[1:], trust, description, now)
-        result.update(chain_valid=valid, chain_error=error)
-        status, problems = _tls.evaluate(result, target['warn_days'], target['critical_days'])
+        valid, error, scope = _tls.verify_chain_scope(leaf, certs[1:], trust, description, now)
+        result.update(chain_valid=valid, chain_error=error, chain_scope=scope)
+        status, problems = _tls.evaluate(result, target['warn_days'], target['critical_days'],
+                                         target.get('no_path_status', 'critical'),
+                                         target.get('strict_only_status', 'critical'))
         order = _tls.order_problem(certs, target.get('path') or source) if target['kind'] == 'path' else None
         if order:
             status = 'critical'

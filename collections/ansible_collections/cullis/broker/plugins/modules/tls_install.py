@@ -68,12 +68,24 @@ options:
     type: path
     required: true
   dest_key:
-    description: Where to write the private key (mode 0600).
+    description:
+      - Where to write the private key. Always mode C(0600) (O(mode) does not apply to it); O(owner)
+        and O(group) do.
     type: path
     required: true
   dest_ca:
     description: Optionally, where to copy O(ca_path) (a file) for the clients of the server.
     type: path
+  mode:
+    description:
+      - Mode of O(dest_cert) and O(dest_ca), as for M(ansible.builtin.file). Default C(0644).
+      - The private key O(dest_key) is always C(0600).
+      - O(owner), O(group) and the SELinux options apply to every file written.
+      - Files are written to a temporary file beside the destination and moved into place
+        (C(atomic_move)); a changed mode, owner or group alone counts as a change.
+    type: raw
+extends_documentation_fragment:
+  - ansible.builtin.files
 seealso:
   - module: cullis.broker.tls_check
 '''
@@ -202,18 +214,21 @@ def _current_leaf(path):
 
 
 def _install(module, pending):
-    """Write every pending file to a temp file beside it first, then rename them all: a failure
-    while writing (full or read-only disk, missing directory) leaves every current file as it was,
-    never a new certificate with the old key."""
+    """Write every pending file to a temp file beside it first, then move them all into place with
+    module.atomic_move: a failure while writing (full or read-only disk, missing directory) leaves
+    every current file as it was, never a new certificate with the old key. Files are created
+    owner-only (umask 077) and only then given their mode, owner and group, so a key is never
+    readable by others, not even for an instant."""
     staged = []
+    dest = None
     try:
-        for dest, data, mode in pending:
+        for dest, data, _mode in pending:
             dest_dir = os.path.dirname(dest) or '.'
             if not os.path.isdir(dest_dir):
                 raise OSError(errno.ENOENT, 'the directory %s does not exist; create it first' % dest_dir, dest)
             fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix='.tls_install-')
             staged.append((tmp, dest))
-            os.fchmod(fd, mode)
+            os.fchmod(fd, 0o600)
             with os.fdopen(fd, 'wb') as f:
                 f.write(data)
                 f.flush()
@@ -224,18 +239,32 @@ def _install(module, pending):
                 os.unlink(tmp)
         module.fail_json(msg='cannot write %s: %s; nothing was installed, the current files are unchanged'
                          % (getattr(exc, 'filename', None) or dest, exc.strerror or exc))
-    for tmp, dest in staged:
-        os.rename(tmp, dest)
+    umask = os.umask(0o077)
+    try:
+        for tmp, dest in staged:
+            module.atomic_move(tmp, dest, unsafe_writes=module.params['unsafe_writes'], keep_dest_attrs=False)
+    finally:
+        os.umask(umask)
 
 
-def _differs(path, data, mode):
+def _differs(path, data):
     try:
         with open(path, 'rb') as f:
-            if f.read() != data:
-                return True
-        return (os.stat(path).st_mode & 0o777) != mode
+            return f.read() != data
     except (IOError, OSError):
         return True
+
+
+def _set_attributes(module, writes, pending):
+    """Mode, owner and group of every destination (in check mode: of those that exist already)."""
+    changed = False
+    for dest, _data, mode in writes:
+        if module.check_mode and any(dest == w[0] for w in pending):
+            continue  # would be written, so it counts as changed already
+        args = module.load_file_common_arguments(module.params, path=dest)
+        args['mode'] = mode
+        changed = module.set_fs_attributes_if_different(args, changed)
+    return changed
 
 
 def main():
@@ -252,6 +281,7 @@ def main():
             dest_ca=dict(type='path'),
         ),
         supports_check_mode=True,
+        add_file_common_args=True,
     )
     if not _tls.HAS_CRYPTOGRAPHY:
         module.fail_json(msg=missing_required_lib('cryptography'), exception=str(_tls.CRYPTOGRAPHY_IMPORT_ERROR))
@@ -276,15 +306,17 @@ def main():
     fullchain = b''.join(_tls.cert_pem(c) for c in [leaf] + intermediates)
     if not key_pem.endswith(b'\n'):
         key_pem += b'\n'
-    writes = [(p['dest_cert'], fullchain, 0o644), (p['dest_key'], key_pem, 0o600)]
+    public_mode = p['mode'] if p['mode'] is not None else '0644'
+    writes = [(p['dest_cert'], fullchain, public_mode), (p['dest_key'], key_pem, '0600')]
     if p['dest_ca']:
-        writes.append((p['dest_ca'], _read(module, p['ca_path'], 'CA certificate'), 0o644))
-    pending = [w for w in writes if _differs(*w)]
+        writes.append((p['dest_ca'], _read(module, p['ca_path'], 'CA certificate'), public_mode))
+    pending = [w for w in writes if _differs(w[0], w[1])]
     previous = _current_leaf(p['dest_cert'])
     if pending and not module.check_mode:
         _install(module, pending)
+    attributes_changed = _set_attributes(module, writes, pending)
     facts = _tls.cert_facts(leaf)
-    result = dict(changed=bool(pending), subject=facts['subject'], sans=facts['sans'],
+    result = dict(changed=bool(pending) or attributes_changed, subject=facts['subject'], sans=facts['sans'],
                   not_after=facts['not_after'], days_left=facts['days_left'],
                   fingerprint_sha256=facts['fingerprint_sha256'], chain_length=1 + len(intermediates),
                   previous_fingerprint_sha256=(_tls.fingerprint_sha256(previous) if previous else None))

@@ -19,7 +19,9 @@ description:
     C(sys/storage/raft/snapshot-force) (works into a fresh cluster, e.g. the DR drill's staging
     Vault). This replaces all Vault data, so it needs O(confirm=true). Afterwards the cluster holds
     the source cluster's data, that is its tokens and, after a restart, its unseal keys.
-version_added: 1.0.0
+  - With several nodes in O(url), the first that answers and is unsealed is used (the first that
+    answers when all are sealed); a single O(url) is used as given.
+version_added: 0.1.0
 author: Cullis operations team (!UNKNOWN)
 extends_documentation_fragment:
   - cullis.broker.vault
@@ -50,10 +52,15 @@ options:
   token:
     description:
       - Token allowed to use C(sys/storage/raft/snapshot*) (a root token). Never logged.
-      - If not set, E(VAULT_TOKEN), then E(BAO_TOKEN). Mutually exclusive with O(keys_file).
+      - If neither O(token) nor O(keys_file) is set, E(VAULT_TOKEN), then E(BAO_TOKEN), is read when
+        the module runs (and masked in its output like the option).
+      - Mutually exclusive with O(keys_file).
     type: str
   keys_file:
-    description: An C(operator init -format=json) document; its C(root_token) is used (never logged).
+    description:
+      - An C(operator init -format=json) document; its C(root_token) is used (never logged; it is
+        masked in everything the module returns).
+      - Mutually exclusive with O(token).
     type: path
   encryption_key_file:
     description:
@@ -122,14 +129,25 @@ import ssl
 import tempfile
 import time
 
-from ansible.module_utils.basic import AnsibleModule, env_fallback
+from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.text.converters import to_native
 
 from ansible_collections.cullis.broker.plugins.module_utils import _pg_backup as pb
 from ansible_collections.cullis.broker.plugins.module_utils._vault import (
-    VaultClient, VaultError, KeysError, read_root_token, tls_error, vault_argument_spec)
+    VaultClient, VaultError, KeysError, active_client, read_root_token, tls_error, vault_argument_spec)
+from ansible_collections.cullis.broker.plugins.module_utils._redact import protect
 
 KIND = 'cullis.broker.vault_snapshot/v1'
+TOKEN_ENV = ('VAULT_TOKEN', 'BAO_TOKEN')
+
+
+def env_token():
+    """VAULT_TOKEN, then BAO_TOKEN: read when neither token nor keys_file is given (not an argspec
+    fallback, so that token/keys_file exclusion only concerns what the task sets)."""
+    for name in TOKEN_ENV:
+        if os.environ.get(name):
+            return os.environ[name]
+    return None
 
 
 class Job(object):
@@ -138,16 +156,28 @@ class Job(object):
         self.p = module.params
         self.plan = []
         self.result = dict(changed=False, plan=self.plan, path=self.p['path'])
-        self.client = VaultClient(self.p['url'][0], ca_cert=self.p['ca_cert'],
-                                  validate_certs=self.p['validate_certs'], timeout=max(self.p['timeout'], 60),
-                                  retries=self.p['retries'], retry_delay=self.p['retry_delay'])
+        urls = [u for u in self.p['url'] if u and u.strip()]
+        if not urls:
+            raise VaultError("no Vault address: set url (or VAULT_ADDR / BAO_ADDR)", kind='config')
+        self.clients = [VaultClient(url, ca_cert=self.p['ca_cert'], validate_certs=self.p['validate_certs'],
+                                    timeout=max(self.p['timeout'], 60), retries=self.p['retries'],
+                                    retry_delay=self.p['retry_delay']) for url in urls]
+        self._client = None
+
+    @property
+    def client(self):
+        """The node used: the first of O(url) that answers unsealed (no probe with a single url)."""
+        if self._client is None:
+            self._client = active_client(self.clients)
+        return self._client
 
     def token(self):
         if self.p['keys_file']:
-            return read_root_token(self.p['keys_file'])
-        if not self.p['token']:
+            return protect(self.module, read_root_token(self.p['keys_file']))
+        token = self.p['token'] or protect(self.module, env_token())
+        if not token:
             raise pb.BackupError("no token: set token (or VAULT_TOKEN) or keys_file (root token)")
-        return self.p['token']
+        return token
 
     def _http(self, method, path, body=None, length=None):
         conn = self.client._connection()
@@ -284,12 +314,13 @@ def main():
     argument_spec.update(
         state=dict(type='str', default='present', choices=['present', 'restored']),
         path=dict(type='path', required=True),
-        token=dict(type='str', no_log=True, fallback=(env_fallback, ['VAULT_TOKEN', 'BAO_TOKEN'])),
+        token=dict(type='str', no_log=True),
         keys_file=dict(type='path', no_log=False),
         encryption_key_file=dict(type='path', no_log=False),
         confirm=dict(type='bool', default=False),
     )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
+                           mutually_exclusive=[('token', 'keys_file')])
     try:
         job = Job(module)
         job.save() if module.params['state'] == 'present' else job.restore()

@@ -158,18 +158,10 @@ sealed_nodes:
 import time
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.cullis.broker.plugins.module_utils._redact import scrub
 from ansible_collections.cullis.broker.plugins.module_utils._vault import (
     KeysError, VaultError, clients_from_module, dedupe_keys, health_state, node_report, plan_unseal,
     read_keys_file, vault_argument_spec)
-
-
-def scrub(text, secrets):
-    """Belt and braces: replace any key value that might appear in a server message."""
-    text = text or ''
-    for s in secrets:
-        if s and s in text:
-            text = text.replace(s, '<redacted>')
-    return text
 
 
 class NodeUnsealer(object):

@@ -69,3 +69,26 @@ def test_short_values_ignored_and_url_encoded_masked():
     r = Redactor(['ab', 'p@ss/word!'])
     assert r('ab cd') == 'ab cd'
     assert 'p%40ss%2Fword%21' not in r('url has p%40ss%2Fword%21 in it')
+
+
+class _Module(object):
+    def __init__(self):
+        self.no_log_values = set()
+
+
+def test_protect_registers_values_and_url_passwords():
+    from ansible_collections.cullis.broker.plugins.module_utils._redact import protect
+    m = _Module()
+    assert protect(m, 'root-token-1234', None, b'-----BEGIN PRIVATE KEY-----\nabc\n') == 'root-token-1234'
+    protect(m, 'redis://:s3cretPw@127.0.0.1:6379/0')
+    assert {'root-token-1234', 's3cretPw', 'redis://:s3cretPw@127.0.0.1:6379/0',
+            '-----BEGIN PRIVATE KEY-----\nabc\n'} == m.no_log_values
+
+
+def test_scrub_masks_dsn_whole_and_its_password_alone():
+    from ansible_collections.cullis.broker.plugins.module_utils._redact import scrub
+    dsn = 'postgresql://u:s3cr3t@h/db'
+    out = scrub('cannot connect to %s: password s3cr3t rejected; key abc' % dsn, [dsn, 'abc'], min_length=1)
+    assert 's3cr3t' not in out and dsn not in out and 'abc' not in out
+    assert out.count(MASK) == 3
+    assert scrub(None, ['x']) is None

@@ -21,7 +21,7 @@ from cryptography.x509.oid import NameOID  # noqa: E402
 NOW = datetime.datetime(2026, 6, 1, tzinfo=datetime.timezone.utc)
 
 
-def _cert(cn, sans=(), issuer=None, issuer_key=None, days=100, start=None, ca=False):
+def _cert(cn, sans=(), issuer=None, issuer_key=None, days=100, start=None, ca=False, aki=True):
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
     start = start or NOW - datetime.timedelta(days=1)
@@ -36,7 +36,8 @@ def _cert(cn, sans=(), issuer=None, issuer_key=None, days=100, start=None, ca=Fa
     else:
         b = b.add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
     signer = issuer_key or key
-    b = b.add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()), critical=False)
+    if aki:
+        b = b.add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()), critical=False)
     entries = []
     for s in sans:
         try:
@@ -123,6 +124,41 @@ def test_verify_chain_reasons():
     nosan = _cert('nosan', issuer=root, issuer_key=root_key)[0]
     ok, err = _tls.verify_chain(nosan, [], [root], 'ca.pem', NOW)
     assert not ok and 'no DNS or IP subjectAltName' in err
+
+
+def test_strict_only_rejection_is_told_apart_from_no_path_and_named_in_words():
+    root, root_key = _cert('Root', ca=True, days=1000)
+    no_aki = _cert('leaf', sans=['h.example.com'], issuer=root, issuer_key=root_key, aki=False)[0]
+    ok, err, scope = _tls.verify_chain_scope(no_aki, [], [root], 'ca.pem', NOW)
+    assert not ok and scope == 'strict'
+    assert err.startswith('rejected by strict clients only') and 'missing Authority Key Identifier extension' in err
+    assert '2.5.29.35' not in err
+    other_root, other_key = _cert('Root', ca=True, days=1000)  # same name, other key: no path at all
+    ok, err, scope = _tls.verify_chain_scope(no_aki, [], [other_root], 'ca.pem', NOW)
+    assert not ok and scope == 'all' and not err.startswith('rejected by strict')
+    good = _cert('leaf', sans=['h.example.com'], issuer=root, issuer_key=root_key)[0]
+    assert _tls.verify_chain_scope(good, [], [root], 'ca.pem', NOW) == (True, None, None)
+
+
+@pytest.mark.parametrize('scope, no_path, strict_only, status', [
+    ('strict', 'critical', 'critical', 'critical'),
+    ('strict', 'critical', 'warn', 'warn'),
+    ('strict', 'critical', 'ok', 'ok'),
+    ('all', 'warn', 'ok', 'warn'),
+    ('all', 'critical', 'ok', 'critical'),
+])
+def test_chain_verdicts_are_configurable(scope, no_path, strict_only, status):
+    facts = _facts(chain_valid=False, chain_error='x', chain_scope=scope)
+    got, problems = _tls.evaluate(facts, 30, 14, no_path, strict_only)
+    assert got == status and problems and problems[0].startswith('untrusted chain: x')
+
+
+def test_x509_errors_name_extensions_in_words():
+    assert _tls.describe_x509_error('invalid extension: 2.5.29.35: Certificate is missing required extension') == \
+        'missing Authority Key Identifier extension'
+    assert _tls.describe_x509_error('invalid extension: 2.5.29.15: key usage forbids x') == \
+        'Key Usage extension: key usage forbids x'
+    assert _tls.describe_x509_error('bad 2.5.29.19 here') == 'bad Basic Constraints here'
 
 
 def test_clean_error_strips_noise():

@@ -101,6 +101,7 @@ class FakeModule(object):
     def __init__(self, params, check_mode=False):
         self.params = params
         self.check_mode = check_mode
+        self.no_log_values = set()
 
 
 def specs(org, *names):
@@ -125,6 +126,7 @@ def test_fresh_org_is_fully_onboarded(tmp_path):
     assert [a['binding_status'] for a in agents] == ['approved', 'approved']
     ident = AgentIdentity.load(agents[0]['dir'])
     assert ident.agent_id == 'acme::a1' and ident.mastio_key_pem
+    assert ob.secret and ob.secret in ob.module.no_log_values  # a generated secret is masked by Ansible
     assert agents[0]['cert_serial_hex'] == format(oid.load_cert(ident.cert_pem).serial_number, 'x')
 
 
