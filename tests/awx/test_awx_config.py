@@ -81,7 +81,9 @@ def test_survey_variables_are_read_by_the_playbook(template):
     spec = template["survey_spec"]["spec"]
     assert spec, "survey_enabled with no question"
     for q in spec:
-        assert awx.reads_var(corpus, q["variable"]), f"{q['variable']} is not read by {template['playbook']}"
+        declared = any(q["variable"] in options for options in role_specs().values())
+        assert awx.reads_var(corpus, q["variable"]) or declared, \
+            f"{q['variable']} is not read by {template['playbook']} nor declared by a role's argument spec"
         assert q["type"] in {"text", "textarea", "password", "integer", "float", "multiplechoice",
                              "multiselect"}, q
         assert q.get("question_name"), q
@@ -100,14 +102,106 @@ def test_required_variables_are_asked_or_injected(template):
     injected = set()
     for cred in template.get("credentials") or []:
         injected |= awx.injected_names(TYPES[CREDS[cred]["credential_type"]])[0]
-    missing = awx.required_vars(template["playbook"]) - asked - given - injected
-    assert not missing, f"{template['playbook']} requires {sorted(missing)}: ask or inject them"
+    missing = awx.required_vars(template["playbook"]) - asked - given - injected - inventory_vars(template)
+    assert not missing, f"{template['playbook']} requires {sorted(missing)}: ask, inject or set them in the inventory"
 
 
 def test_required_vars_finds_the_known_requirements():
-    # the detector itself: org_compromise insists on org_id (assert ... is defined)
+    # the detector itself: org_compromise insists on org_id (assert ... is defined); the roles'
+    # argument specs mark what they need from the inventory (tls_monitor uses cullis.broker.tls_acme)
     assert "org_id" in awx.required_vars("playbooks/incidents/org_compromise.yml")
-    assert awx.required_vars("playbooks/tls_monitor.yml") == set()
+    assert awx.required_vars("playbooks/tls_monitor.yml") == {"cullis_stack_dir", "cullis_public_host",
+                                                              "cullis_nginx_http_port"}
+    assert "cullis_stack_dir" in inventory_vars(awx.by_name(TEMPLATES)["Cullis - deploy"])
+
+
+def inventory_vars(template) -> set[str]:
+    """Variables the template's inventory sets: the group_vars beside the project file its
+    inventory source reads (AWX imports them with the hosts)."""
+    names: set[str] = set()
+    for source in DATA["controller_inventory_sources"]:
+        if source["inventory"] == template["inventory"]:
+            for f in ((REPO / source["source_path"]).parent / "group_vars").rglob("*.yml"):
+                names |= set(yaml.safe_load(f.read_text()) or {})
+    return names
+
+
+@lru_cache(maxsize=None)
+def role_specs() -> dict[str, dict]:
+    """role -> {option: spec} over every entry point of its meta/argument_specs.yml."""
+    specs = {}
+    for f in sorted((awx.COLLECTION / "roles").glob("*/meta/argument_specs.yml")):
+        options = {}
+        for entry in (yaml.safe_load(f.read_text())["argument_specs"] or {}).values():
+            options.update(entry.get("options") or {})
+        specs[f.parent.parent.name] = options
+    return specs
+
+
+ROLES = sorted(p.name for p in (awx.COLLECTION / "roles").iterdir() if p.is_dir())
+SURVEY_TYPES = {"int": {"integer"}, "float": {"float", "integer"}, "str": {"text", "textarea", "multiplechoice"},
+                "path": {"text", "textarea"}, "bool": {"multiplechoice"}, "list": {"multiselect"},
+                "raw": {"text", "textarea", "integer", "float", "multiplechoice", "multiselect"}}
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_role_argument_specs_document_every_default(role):
+    """meta/argument_specs.yml: every variable of defaults/main.yml with its type, a description and
+    the same default (or, for a default computed by Jinja into a non-string, the word "computed");
+    required options have no default and every inventory of inventories/ sets them."""
+    spec_file = awx.COLLECTION / "roles" / role / "meta" / "argument_specs.yml"
+    assert spec_file.is_file(), f"role {role} has no meta/argument_specs.yml"
+    options = role_specs()[role]
+    defaults = yaml.safe_load((awx.COLLECTION / "roles" / role / "defaults" / "main.yml").read_text()) or {}
+    python_type = {bool: "bool", int: "int", list: "list", dict: "dict"}
+    for name, value in defaults.items():
+        assert name in options, f"{role}: {name} of defaults/main.yml is not in argument_specs"
+        spec = options[name]
+        assert spec.get("type") and spec.get("description"), f"{role}: {name} needs a type and a description"
+        assert not spec.get("required"), f"{role}: {name} has a default, it cannot be required"
+        if isinstance(value, str) and "{" in value and spec["type"] not in ("str", "path"):
+            assert "default" not in spec and "computed" in " ".join(spec["description"]), name
+            continue
+        want = " ".join(value.split()) if isinstance(value, str) and "{" in value else value
+        assert spec.get("default") == want, f"{role}: default of {name} differs from defaults/main.yml"
+        if not isinstance(value, str):
+            assert spec["type"] == python_type[type(value)], f"{role}: {name} is a {type(value).__name__}"
+    inventories = [f for f in (REPO / "inventories").glob("*/group_vars/all/*.yml")]
+    for name, spec in options.items():
+        if spec.get("required"):
+            assert "default" not in spec and name not in defaults, name
+            for inv in inventories:
+                assert name in (yaml.safe_load(inv.read_text()) or {}), f"{role} needs {name}; {inv} does not set it"
+
+
+def test_role_argument_specs_render_in_ansible_doc():
+    out = subprocess.run([str(Path(sys.executable).parent / "ansible-doc"), "-t", "role", "-j",
+                          *[f"cullis.broker.{r}" for r in ROLES]], capture_output=True, text=True,
+                         env=ansible_env(), check=True)
+    docs = json.loads(out.stdout)
+    for role in ROLES:
+        assert docs[f"cullis.broker.{role}"]["entry_points"]["main"]["options"], role
+
+
+@pytest.mark.parametrize("template", [t for t in TEMPLATES if t.get("survey_enabled")],
+                         ids=ids([t for t in TEMPLATES if t.get("survey_enabled")]))
+def test_survey_answers_fit_the_roles_argument_specs(template):
+    """A survey variable that a role of the playbook declares in its argument spec is asked with a
+    matching type (and choices within the spec's choices): the role validates it when it starts."""
+    corpus = awx.playbook_corpus(template["playbook"])
+    specs = role_specs()
+    used = {r for r in ROLES if re.search(rf"cullis\.broker\.{r}\b", corpus)}
+    for q in template["survey_spec"]["spec"]:
+        for role in used:
+            spec = specs[role].get(q["variable"])
+            if spec is None:
+                continue
+            assert q["type"] in SURVEY_TYPES[spec["type"]], \
+                f"{q['variable']}: survey type {q['type']} for a {spec['type']} option of role {role}"
+            if spec["type"] == "bool":
+                assert set(q["choices"]) <= {"true", "false"}, q
+            if spec.get("choices") and q["type"] == "multiplechoice":
+                assert set(q["choices"]) <= {str(c) for c in spec["choices"]}, q
 
 
 @pytest.mark.parametrize("template", TEMPLATES, ids=ids(TEMPLATES))
