@@ -1,0 +1,161 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) Cullis operations team
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Internal module_utils: the read-only host probes of a preflight (backend of host_preflight_info).
+
+Not a public API of the collection. Linux only (reads /proc): who listens on a TCP port and
+whether that process belongs to the stack (a descendant of the stack's supervisord, or a command
+line under the stack directory), free space under a path that may not exist yet (its nearest
+existing parent), name resolution, the host's OS, Python and clock.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import os
+import platform
+import socket
+import time
+
+_LISTEN = '0A'
+
+
+def _listening_inodes(port):
+    """Socket inodes of TCP listeners on `port` (any address, IPv4 and IPv6)."""
+    inodes = set()
+    for table in ('/proc/net/tcp', '/proc/net/tcp6'):
+        try:
+            with open(table) as f:
+                next(f, None)
+                for line in f:
+                    cols = line.split()
+                    if len(cols) < 10 or cols[3] != _LISTEN:
+                        continue
+                    if int(cols[1].rsplit(':', 1)[1], 16) == port:
+                        inodes.add(cols[9])
+        except (IOError, OSError):
+            continue
+    return inodes
+
+
+def _pids_of_inodes(inodes):
+    wanted = set('socket:[%s]' % i for i in inodes)
+    pids = set()
+    if not wanted:
+        return pids
+    for pid in os.listdir('/proc'):
+        if not pid.isdigit():
+            continue
+        fd_dir = '/proc/%s/fd' % pid
+        try:
+            for fd in os.listdir(fd_dir):
+                try:
+                    if os.readlink(os.path.join(fd_dir, fd)) in wanted:
+                        pids.add(int(pid))
+                        break
+                except OSError:
+                    continue
+        except OSError:
+            continue
+    return pids
+
+
+def _cmdline(pid):
+    try:
+        with open('/proc/%d/cmdline' % pid, 'rb') as f:
+            return f.read().replace(b'\0', b' ').decode('utf-8', 'replace').strip()
+    except (IOError, OSError):
+        return ''
+
+
+def _ppid(pid):
+    try:
+        with open('/proc/%d/stat' % pid) as f:
+            return int(f.read().rsplit(')', 1)[1].split()[1])
+    except (IOError, OSError, ValueError, IndexError):
+        return 0
+
+
+def _descends_from(pid, ancestor):
+    seen = 0
+    while pid > 1 and seen < 64:
+        if pid == ancestor:
+            return True
+        pid = _ppid(pid)
+        seen += 1
+    return False
+
+
+def _supervisord_pid(stack_dir):
+    if not stack_dir:
+        return None
+    try:
+        with open(os.path.join(stack_dir, 'supervisor', 'supervisord.pid')) as f:
+            pid = int(f.read().strip())
+        os.kill(pid, 0)
+        return pid
+    except (IOError, OSError, ValueError):
+        return None
+
+
+def port_listeners(ports, stack_dir=None):
+    """[{port, listening, ours, pids, commands}] for each port."""
+    sup = _supervisord_pid(stack_dir)
+    out = []
+    for port in ports:
+        inodes = _listening_inodes(int(port))
+        pids = sorted(_pids_of_inodes(inodes))
+        commands = [_cmdline(p) for p in pids]
+        listening = bool(inodes)
+        ours = bool(pids) and all(
+            (sup is not None and _descends_from(p, sup)) or (stack_dir and stack_dir in c)
+            for p, c in zip(pids, commands))
+        out.append({'port': int(port), 'listening': listening, 'ours': ours, 'pids': pids,
+                    'commands': [c[:200] for c in commands]})
+    return out
+
+
+def free_space(paths):
+    """[{path, checked, free_mb, total_mb}]: space on the filesystem that will hold each path."""
+    out = []
+    for path in paths:
+        probe = os.path.abspath(path)
+        while not os.path.exists(probe) and probe != os.path.dirname(probe):
+            probe = os.path.dirname(probe)
+        st = os.statvfs(probe)
+        out.append({'path': path, 'checked': probe,
+                    'free_mb': int(st.f_bavail * st.f_frsize // (1024 * 1024)),
+                    'total_mb': int(st.f_blocks * st.f_frsize // (1024 * 1024))})
+    return out
+
+
+def resolve(names):
+    """[{name, resolved, addresses, error}]."""
+    out = []
+    for name in names:
+        try:
+            infos = socket.getaddrinfo(name, None, 0, socket.SOCK_STREAM)
+            addrs = sorted(set(i[4][0] for i in infos))
+            out.append({'name': name, 'resolved': True, 'addresses': addrs, 'error': ''})
+        except (socket.gaierror, UnicodeError) as e:
+            out.append({'name': name, 'resolved': False, 'addresses': [], 'error': str(e)})
+    return out
+
+
+def os_release():
+    info = {}
+    try:
+        with open('/etc/os-release') as f:
+            for line in f:
+                key, sep, value = line.strip().partition('=')
+                if sep:
+                    info[key] = value.strip('"')
+    except (IOError, OSError):
+        pass
+    return {'id': info.get('ID', platform.system().lower()), 'version_id': info.get('VERSION_ID', ''),
+            'pretty_name': info.get('PRETTY_NAME', platform.platform())}
+
+
+def host_facts():
+    return {'os': os_release(), 'python_version': platform.python_version(), 'epoch': time.time()}

@@ -1,0 +1,114 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) Cullis operations team
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: host_preflight_info
+short_description: Read what a preflight needs to know about a host before a deploy or upgrade (read-only)
+version_added: 0.2.0
+description:
+  - Reports, for the host it runs on, who listens on the given TCP ports and whether that listener
+    belongs to the Cullis stack (a descendant of the stack's supervisord, or a command line under
+    O(stack_dir)), the free space of the filesystems that hold (or will hold) the given paths,
+    whether the given host names resolve, and the host's OS, Python version and clock.
+  - Decides nothing; C(playbooks/preflight.yml) compares the facts with the deployment's needs.
+  - Linux only (reads C(/proc)). Standard library only.
+author: Cullis operations team (!UNKNOWN)
+extends_documentation_fragment:
+  - cullis.broker.info_module
+options:
+  ports:
+    description: TCP ports to look up (any listening address, IPv4 and IPv6).
+    type: list
+    elements: int
+    default: []
+  stack_dir:
+    description: The stack directory; a listener whose process descends from its supervisord, or whose command line names it, is the stack's own.
+    type: path
+  paths:
+    description: Paths whose filesystem's free space is reported; a path that does not exist yet is measured at its nearest existing parent.
+    type: list
+    elements: path
+    default: []
+  resolve:
+    description: Host names to resolve on this host.
+    type: list
+    elements: str
+    default: []
+"""
+
+EXAMPLES = r"""
+- name: Ports, disk, names and clock of a broker host
+  cullis.broker.host_preflight_info:
+    ports: [8000]
+    stack_dir: /opt/cullis/stack
+    paths: [/opt/cullis/stack, /opt/cullis/stack/backups]
+    resolve: [db1.example.org]
+  register: facts
+
+- name: Stop when a port is taken by something else
+  ansible.builtin.assert:
+    that: facts.ports | rejectattr('ours') | selectattr('listening') | list | length == 0
+"""
+
+RETURN = r"""
+ports:
+  description: One entry per port of O(ports).
+  type: list
+  elements: dict
+  returned: always
+  sample: [{"port": 8000, "listening": true, "ours": false, "pids": [4242], "commands": ["python3 -m http.server 8000"]}]
+disk:
+  description: One entry per path of O(paths) (C(path), C(checked) = the existing path measured, C(free_mb), C(total_mb)).
+  type: list
+  elements: dict
+  returned: always
+names:
+  description: One entry per name of O(resolve) (C(name), C(resolved), C(addresses), C(error)).
+  type: list
+  elements: dict
+  returned: always
+os:
+  description: C(id), C(version_id) and C(pretty_name) from C(/etc/os-release).
+  type: dict
+  returned: always
+  sample: {"id": "debian", "version_id": "12", "pretty_name": "Debian GNU/Linux 12 (bookworm)"}
+python_version:
+  description: Version of the Python running the module (the host's interpreter).
+  type: str
+  returned: always
+epoch:
+  description: The host's clock (seconds since the epoch) when the module ran.
+  type: float
+  returned: always
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.cullis.broker.plugins.module_utils import _host_preflight as backend
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            ports=dict(type='list', elements='int', default=[]),
+            stack_dir=dict(type='path'),
+            paths=dict(type='list', elements='path', default=[]),
+            resolve=dict(type='list', elements='str', default=[]),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    result = backend.host_facts()
+    result['ports'] = backend.port_listeners(p['ports'], p['stack_dir'])
+    result['disk'] = backend.free_space(p['paths'])
+    result['names'] = backend.resolve(p['resolve'])
+    module.exit_json(changed=False, **result)
+
+
+if __name__ == '__main__':
+    main()
