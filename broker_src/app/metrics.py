@@ -35,12 +35,14 @@ COUNTERS = {
     "cullis.message.expired": "Queued messages that expired undelivered",
     "cullis.ws.pong_timeout": "WebSocket clients dropped for a missed pong",
 }
-# Labels some counters carry (OpenTelemetry attributes become Prometheus labels).
+# The label some counters carry (OpenTelemetry attributes become Prometheus labels) and its known
+# values: those series are exported at 0 from the start, so increase() sees the first event.
 LABELS = {
-    "cullis.ratelimit.reject": ("bucket",),
-    "cullis.revoked_token.use_attempt": ("credential",),
-    "cullis.dpop.jti_replay_attempt": ("kind",),
-    "cullis.cert.pinning_mismatch": ("kind",),
+    "cullis.ratelimit.reject": ("bucket", ("auth.token", "federation.agents", "federation.publish_agent",
+                                           "broker.sessions", "broker.messages")),
+    "cullis.revoked_token.use_attempt": ("credential", ("token", "certificate")),
+    "cullis.dpop.jti_replay_attempt": ("kind", ("dpop_proof", "client_assertion")),
+    "cullis.cert.pinning_mismatch": ("kind", ("thumbprint", "mastio_signature")),
 }
 HISTOGRAMS = {
     "cullis.auth.duration": "Duration of /v1/auth/token",
@@ -69,10 +71,14 @@ class Metrics:
             self.available = False
             return
         self._pc = pc
+        pc.disable_created_metrics()  # no <name>_created series: the OpenTelemetry exporter has none
         self.registry = pc.CollectorRegistry(auto_describe=True)
         for name, doc in COUNTERS.items():
-            self._counters[name] = pc.Counter(prometheus_name(name), doc, LABELS.get(name, ()),
-                                              registry=self.registry)
+            label, values = LABELS.get(name, (None, ()))
+            counter = pc.Counter(prometheus_name(name), doc, (label,) if label else (), registry=self.registry)
+            for value in values:
+                counter.labels(value)
+            self._counters[name] = counter
         for name, doc in HISTOGRAMS.items():
             self._histograms[name] = pc.Histogram(prometheus_name(name), doc, unit="milliseconds",
                                                   buckets=BUCKETS_MS, registry=self.registry)
