@@ -6,7 +6,10 @@ playbook that fails, as a recovery that cannot work would.
 """
 from __future__ import annotations
 
+import datetime
 import json
+import shutil
+import tempfile
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -36,16 +39,25 @@ def receiver():
     server.shutdown()
 
 
-def _event(now: str) -> dict:
+def _event(now: str, starts_at: str = "2026-01-01T00:00:00Z") -> dict:
     return {"event": {"meta": {"received_at": now}, "payload": {
         "status": "firing", "commonLabels": {"alertname": "RedisDown", "incident": "redis_down", "host": "cache1",
                                              "remediation": "auto", "severity": "critical"},
         "commonAnnotations": {"runbook": "4. Redis down", "playbook": "playbooks/incidents/redis_down.yml"},
-        "alerts": [{"startsAt": "2026-01-01T00:00:00Z"}]}}}
+        "alerts": [{"startsAt": starts_at}]}}}
 
 
-def test_failed_recovery_escalates_and_a_repeat_does_not_loop(tmp_path, receiver):
+@pytest.fixture
+def tmp_dir():
+    """A dir of our own (pytest prunes numbered tmp dirs of sessions still running in parallel)."""
+    d = Path(tempfile.mkdtemp(prefix="cullis-remediate-"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_failed_recovery_escalates_and_a_repeat_does_not_loop(tmp_dir, receiver):
     url, got = receiver
+    tmp_path = tmp_dir
     repo = tmp_path / "repo"
     (repo / "playbooks/incidents").mkdir(parents=True)
     (repo / "ansible.cfg").write_text((REPO / "ansible.cfg").read_text().replace(
@@ -83,8 +95,18 @@ def test_failed_recovery_escalates_and_a_repeat_does_not_loop(tmp_path, receiver
     assert len(got) == 1 and got[0]["incident"] == "redis_down" and got[0]["outcome"] == "failed"
     assert len(runs.read_text().splitlines()) == 1
 
-    second = run_playbook(EDA / "playbooks/remediate.yml", inventory=None, extra_vars=extra)
+    # a late notification of the same alert (it started before that remediation): nothing runs
+    late = run_playbook(EDA / "playbooks/remediate.yml", inventory=None, extra_vars=extra)
+    assert late.rc == 0 and len(got) == 1 and len(runs.read_text().splitlines()) == 1
+
+    # the alert fires again (a new start) within the window: escalated, the playbook not run again
+    again = dict(extra, ansible_eda=_event(_utc_now(), starts_at=_utc_now()))
+    second = run_playbook(EDA / "playbooks/remediate.yml", inventory=None, extra_vars=again)
     assert second.rc != 0
     assert len(runs.read_text().splitlines()) == 1  # not run again
     assert len(got) == 2 and got[1]["outcome"] == "escalated"
     assert any("fired again within 900 s" in e["event"] for e in got[1]["timeline"])
+
+
+def _utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
