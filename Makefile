@@ -10,6 +10,7 @@ INVENTORY ?= inventories/local
 
 help:
 	@echo "make up          deploy the whole local stack and run its smoke test"
+	@echo "                 (cullis_monitoring=true: also Prometheus/Alertmanager, playbooks/monitoring.yml)"
 	@echo "make down        stop the stack (PURGE=1 also deletes $$CULLIS_STACK_DIR)"
 	@echo "make test        run every test (installs and starts what they need)"
 	@echo "make test-fast   lint, unit tests and the tests not marked slow or stack (no deployed stack)"
@@ -20,6 +21,9 @@ deps:
 up: deps
 	ansible-playbook -i $(INVENTORY) playbooks/deploy.yml
 	ansible-playbook -i $(INVENTORY) playbooks/smoke.yml
+ifeq ($(cullis_monitoring),true)
+	ansible-playbook -i $(INVENTORY) playbooks/monitoring.yml
+endif
 	@ansible-playbook -i $(INVENTORY) playbooks/summary.yml
 
 smoke: deps

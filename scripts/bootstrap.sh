@@ -13,7 +13,11 @@ PY=${PYTHON:-python3}
 need_apt=()
 # docker.io debootstrap nftables: the multi-host test bed (testkit/docker_engine.py) runs its own
 # dockerd, builds its base image with debootstrap and removes dockerd's nft tables with nft.
-for pkg in redis-server nginx pebble docker.io debootstrap nftables; do
+# prometheus*: the monitoring role (issue 17); openjdk-17-jre-headless: ansible-rulebook's Drools.
+for pkg in redis-server nginx pebble docker.io debootstrap nftables \
+           prometheus prometheus-alertmanager prometheus-blackbox-exporter \
+           prometheus-postgres-exporter prometheus-redis-exporter prometheus-node-exporter \
+           openjdk-17-jre-headless; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -32,6 +36,19 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; 
   "$VENV/bin/pip" install -q --upgrade pip
   "$VENV/bin/pip" install -q -c constraints.txt -e .
   echo "$want" > "$stamp"
+fi
+
+# ansible-rulebook (Event-Driven Ansible, extensions/eda/) in a venv of its own: it pins
+# websockets 15.x, the project venv 17.x. It runs the playbooks with the project venv's ansible.
+EDA_VENV=${EDA_VENV:-$REPO/.venv-eda}
+eda_stamp="$EDA_VENV/.cullis-deps"
+eda_want=$(sha256sum constraints-eda.txt | cut -d' ' -f1)
+if [ ! -x "$EDA_VENV/bin/ansible-rulebook" ] || [ "$(cat "$eda_stamp" 2>/dev/null)" != "$eda_want" ]; then
+  echo "bootstrap: building $EDA_VENV (ansible-rulebook)"
+  [ -x "$EDA_VENV/bin/python" ] || $PY -m venv "$EDA_VENV"
+  "$EDA_VENV/bin/pip" install -q --upgrade pip
+  "$EDA_VENV/bin/pip" install -q -r constraints-eda.txt
+  echo "$eda_want" > "$eda_stamp"
 fi
 
 # Collections: the ansible package ships them; requirements.yml pins the same versions for

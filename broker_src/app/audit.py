@@ -46,12 +46,17 @@ async def append(conn, event_type: str, result: str, org_id: str | None = None, 
         peer_org_id=peer_org_id, principal_type=principal_type, hash_format="v2"))
 
 
-def verify_rows(rows) -> list[str]:
-    """Verify chains of rows (mappings, any org mix, ordered by chain_seq per org). Returns problems."""
+def verify_rows(rows, from_first_present: bool = False) -> list[str]:
+    """Verify chains of rows (mappings, any org mix, ordered by chain_seq per org). Returns problems.
+
+    from_first_present: each org's chain starts at its first row present (older rows archived away);
+    that row's own hash is still checked."""
     problems: list[str] = []
     last: dict[str, tuple[int, str]] = {}
     for r in sorted(rows, key=lambda r: (r["org_id"], r["chain_seq"])):
         org = r["org_id"]
+        if from_first_present and org not in last:
+            last[org] = (r["chain_seq"] - 1, r["previous_hash"])
         prev_seq, prev_hash = last.get(org, (0, None))
         if r["chain_seq"] != prev_seq + 1:
             problems.append(f"{org}: gap before seq {r['chain_seq']}")

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from fastapi import Header, HTTPException, Request
 
 from app.dpop import DPoPError, verify_proof
+from app.metrics import metrics
 from app.models import agents, organizations
 from app.state import state
 
@@ -87,6 +88,7 @@ async def check_dpop(request: Request, proof: str, access_token: str | None = No
     except DPoPError as e:
         fail(401, e.detail)
     if not await state.store.consume_dpop_jti(str(claims["jti"])):
+        metrics.inc("cullis.dpop.jti_replay_attempt", kind="dpop_proof")
         fail(401, "DPoP proof replay detected")
     return claims
 
@@ -126,6 +128,7 @@ async def require_agent(request: Request, authorization: str = Header(...)) -> A
         inv = (await conn.execute(sa.select(agents.c.token_invalidated_at)
                                   .where(agents.c.agent_id == claims.get("agent_id")))).scalar()
     if inv is not None and int(claims["iat"]) <= int(inv.timestamp()):
+        metrics.inc("cullis.revoked_token.use_attempt", credential="token")
         fail(401, "Token has been revoked")
     return AgentPrincipal(claims)
 

@@ -15,13 +15,14 @@ from pathlib import Path
 
 import sqlalchemy as sa
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app import bootstrap
 from app.config import settings
 from app.logs import event, stderr
+from app.metrics import metrics
 from app.state import state
 
 settings.validate()  # ADMIN_SECRET unset/default -> traceback at import, exit 1 (contract section 1)
@@ -90,7 +91,8 @@ async def lifespan(app: FastAPI):
         step = "init_telemetry"
         stderr(f"LIFESPAN: {step}")
         if settings.otel_enabled:
-            event("OTEL_ENABLED is true but this broker ships no OpenTelemetry exporter; telemetry is off")
+            event("OTEL_ENABLED is true: no OTLP exporter in this broker; Prometheus /metrics "
+                  + ("on" if metrics.enabled else "off (PROMETHEUS_ENABLED is not true)"))
         step = "init_db"
         stderr(f"LIFESPAN: {step}")
         await bootstrap.run_migrations()
@@ -181,9 +183,18 @@ async def readyz():
             checks["redis"] = "not_configured"
     if ok:
         ok = await run("kms", bootstrap.check_kms)
+        if not ok:
+            metrics.inc("cullis.kms.seal_check_failed")
     if ok:
         return {"status": "ready", "checks": checks}
     return JSONResponse({"status": "not_ready", "checks": checks}, status_code=503)
+
+
+@app.get("/metrics", include_in_schema=False)
+async def prometheus_metrics():
+    """Prometheus text format; needs OTEL_ENABLED=true and PROMETHEUS_ENABLED=true (contract section 7)."""
+    status, body, content_type = metrics.render()
+    return Response(body, status_code=status, media_type=content_type)
 
 
 @app.get("/.well-known/jwks.json")

@@ -15,13 +15,14 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from app import audit
 from app.certs import CertError, leaf_identity, parse_spiffe, parse_x5c, spiffe_uris, thumbprint, verify_chain
 from app.deps import AgentPrincipal, check_dpop, client_ip, fail, require_agent, utcnow
+from app.metrics import metrics
 from app.models import agents, bindings, jti_blacklist, organizations
 from app.state import state
 
@@ -66,6 +67,7 @@ def verify_mastio(org, assertion: str, header: str | None) -> None:
     try:
         pub.verify(sig, assertion.encode("utf-8"), ec.ECDSA(hashes.SHA256()))
     except (InvalidSignature, ValueError):
+        metrics.inc("cullis.cert.pinning_mismatch", kind="mastio_signature")
         fail(403, "mastio counter-signature verification failed")
 
 
@@ -88,9 +90,23 @@ async def _denied(org_id: str, agent_id: str | None, detail: str):
 @router.post("/v1/auth/token")
 async def token(request: Request, body: TokenRequest, dpop: str = Header(...),
                 x_cullis_mastio_signature: str | None = Header(None)):
+    with metrics.timed("cullis.auth.duration"):
+        try:
+            response = await _token(request, body, dpop, x_cullis_mastio_signature)
+        except HTTPException as e:
+            # the DPoP nonce challenge (401 use_dpop_nonce) is a protocol step of every login, not a denial
+            if 400 <= e.status_code < 500 and e.detail != "use_dpop_nonce":
+                metrics.inc("cullis.auth.deny")
+            raise
+    metrics.inc("cullis.auth.success")
+    return response
+
+
+async def _token(request: Request, body: TokenRequest, dpop: str, x_cullis_mastio_signature: str | None):
     s = state.settings
     limit = s.rate_limit_auth_per_minute
     if not await state.store.hit(client_ip(request), "auth.token", limit):
+        metrics.inc("cullis.ratelimit.reject", bucket="auth.token")
         fail(429, f"Rate limit exceeded for 'auth.token': max {limit} req/60s", headers={"Retry-After": "60"})
     proof = await check_dpop(request, dpop)
     assertion = body.client_assertion
@@ -137,12 +153,14 @@ async def token(request: Request, body: TokenRequest, dpop: str = Header(...),
                 org_ca = x509.load_pem_x509_certificate(org.ca_certificate.encode())
             except ValueError:
                 fail(500, "Broker configuration error: invalid org CA certificate")
-            verify_chain(chain, org_ca)
+            with metrics.timed("cullis.x509.verify_duration"):
+                verify_chain(chain, org_ca)
             revoked = (await conn.execute(sa.text("SELECT 1 FROM revoked_certs WHERE serial_hex = :s"),
                                           {"s": format(leaf.serial_number, "x")})).first()
     except CertError as e:
         fail(e.status, e.detail)
     if revoked:
+        metrics.inc("cullis.revoked_token.use_attempt", credential="certificate")
         fail(401, "Certificate has been revoked")
     td = (org.trust_domain or s.trust_domain)
     name = agent_id.split("::", 1)[1] if "::" in agent_id else agent_id
@@ -175,6 +193,7 @@ async def token(request: Request, body: TokenRequest, dpop: str = Header(...),
             .values(jti=str(jti)[:128], expires_at=dt.datetime.fromtimestamp(int(claims["exp"]), dt.timezone.utc))
             .on_conflict_do_nothing())
         if res.rowcount == 0:
+            metrics.inc("cullis.dpop.jti_replay_attempt", kind="client_assertion")
             fail(401, "client_assertion already used (replay attack detected)")
     if mode == "workload":
         detail = ("/v1/auth/token does not apply to workload principals; workloads use /v1/principals/csr to mint "
@@ -197,6 +216,7 @@ async def token(request: Request, body: TokenRequest, dpop: str = Header(...),
                 fail(403, "No approved binding for this agent and organization")
             tp = thumbprint(leaf)
             if mode == "classic" and agent.cert_thumbprint and agent.cert_thumbprint != tp:
+                metrics.inc("cullis.cert.pinning_mismatch", kind="thumbprint")
                 fail(401, "Certificate thumbprint mismatch — use the rotate-cert endpoint to update")
             leaf_pem = leaf.public_bytes(serialization.Encoding.PEM).decode()
             if agent.cert_thumbprint != tp or agent.cert_pem != leaf_pem:
@@ -207,7 +227,6 @@ async def token(request: Request, body: TokenRequest, dpop: str = Header(...),
             await audit.append(conn, "auth.token_issued", "ok", org_id=org_id, agent_id=agent_id,
                                details={"cert_thumbprint": tp})
     except Exception as e:  # audit the denial of every row from "workload" on, then re-raise
-        from fastapi import HTTPException
         if isinstance(e, HTTPException):
             await _denied(org_id, agent_id, str(e.detail))
         raise

@@ -22,6 +22,7 @@ from app.federation import EXT, extension_enabled, federation_event
 from app.certs import signed_directly_by, thumbprint
 from app.deps import AgentPrincipal, client_ip, decode_token, fail, iso, loads, require_admin, require_agent, utcnow
 from app.logs import event
+from app.metrics import metrics
 from app.models import agents, bindings, organizations, session_messages, sessions
 from app.routes_auth import verify_mastio
 from app.state import state
@@ -40,6 +41,7 @@ def agent_public(r) -> dict:
 @router.get("/v1/federation/agents")
 async def federation_agents(request: Request, agent: AgentPrincipal = Depends(require_agent)):
     if not await state.store.hit(client_ip(request), "federation.agents", 60):
+        metrics.inc("cullis.ratelimit.reject", bucket="federation.agents")
         fail(429, "Rate limit exceeded for 'federation.agents': max 60 req/60s", headers={"Retry-After": "60"})
     async with state.engine.connect() as conn:
         rows = (await conn.execute(sa.select(agents).where(agents.c.org_id == agent.org_id)
@@ -77,6 +79,7 @@ async def upsert_agent(conn, org, agent_id: str, cert: x509.Certificate | None, 
 @router.post("/v1/federation/publish-agent")
 async def publish_agent(request: Request):
     if not await state.store.hit(client_ip(request), "federation.publish_agent", 30):
+        metrics.inc("cullis.ratelimit.reject", bucket="federation.publish_agent")
         fail(429, "Rate limit exceeded for 'federation.publish_agent': max 30 req/60s", headers={"Retry-After": "60"})
     raw = await request.body()
     try:
@@ -217,6 +220,7 @@ def policy_allows() -> tuple[bool, str]:
 
 async def _rate_agent(agent: AgentPrincipal, bucket: str, limit: int = 120):
     if not await state.store.hit(agent.agent_id, bucket, limit):
+        metrics.inc("cullis.ratelimit.reject", bucket=bucket)
         fail(429, f"Rate limit exceeded for '{bucket}': max {limit} req/60s", headers={"Retry-After": "60"})
 
 
@@ -228,7 +232,9 @@ async def open_session(body: SessionCreate, agent: AgentPrincipal = Depends(requ
         if target is None or target.org_id != body.target_org_id or not target.is_active:
             fail(404, "Target agent not found")
         allowed, reason = policy_allows()
+        metrics.inc("cullis.policy.allow" if allowed else "cullis.policy.deny")
         if not allowed:
+            metrics.inc("cullis.session.denied")
             await audit.append(conn, "broker.session_denied", "denied", org_id=agent.org_id, agent_id=agent.agent_id,
                                peer_org_id=body.target_org_id, details={"reason": reason})
             fail(403, f"Policy: {reason}")
@@ -241,6 +247,7 @@ async def open_session(body: SessionCreate, agent: AgentPrincipal = Depends(requ
             .returning(sessions))).first()
         await audit.append(conn, "broker.session_created", "ok", org_id=agent.org_id, agent_id=agent.agent_id,
                            session_id=sid, peer_org_id=body.target_org_id)
+    metrics.inc("cullis.session.created")
     await notify(body.target_agent_id, {"type": "session_request", "session_id": sid, "from": agent.agent_id})
     return session_out(row)
 
@@ -339,6 +346,7 @@ async def send_message(sid: str, body: MessageIn, agent: AgentPrincipal = Depend
             payload_json=json.dumps(body.payload), nonce=body.nonce, timestamp=body.timestamp,
             signature=body.signature, client_seq=body.client_seq, created_at=utcnow()))
         peer = row.target_agent_id if agent.agent_id == row.initiator_agent_id else row.initiator_agent_id
+    metrics.inc("cullis.message.queued")
     message = {"type": "message", "session_id": sid, "msg_id": msg_id, "seq": seq, "sender_agent_id": agent.agent_id,
                "payload": body.payload, "nonce": body.nonce, "timestamp": body.timestamp, "signature": body.signature}
     delivered = await notify(peer, message)

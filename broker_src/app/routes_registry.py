@@ -21,6 +21,7 @@ from app.federation import EXT, extension_enabled, federation_event
 from app.deps import fail, hash_secret, iso, loads, require_admin, require_org, require_org_any_status, utcnow
 from app.models import agents, audit_log, audit_tsa_anchors, bindings, organizations, \
     revoked_certs, sessions
+from app.metrics import metrics
 from app.state import state
 
 router = APIRouter()
@@ -402,3 +403,18 @@ async def audit_export(start: dt.datetime | None = None, end: dt.datetime | None
     return Response("".join(line + "\n" for line in lines), media_type="application/x-ndjson")
 
 
+
+
+@router.get("/v1/admin/audit/verify", openapi_extra=EXT, dependencies=[Depends(extension_enabled), Depends(require_admin)])
+async def audit_verify(org_id: str | None = None):
+    """Verify the hash chains (one org or all) from each chain's first present row. A broken chain
+    counts cullis_audit_chain_verify_failed_total (contract section 7)."""
+    q = sa.select(audit_log)
+    if org_id is not None:
+        q = q.where(audit_log.c.org_id == org_id)
+    async with state.engine.connect() as conn:
+        rows = (await conn.execute(q)).mappings().all()
+    problems = audit.verify_rows(rows, from_first_present=True)
+    if problems:
+        metrics.inc("cullis.audit.chain_verify_failed")
+    return {"ok": not problems, "rows": len(rows), "problems": problems[:100]}
