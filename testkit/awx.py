@@ -144,19 +144,39 @@ def reads_env(corpus: str, name: str) -> bool:
     return re.search(r"lookup\(\s*'ansible\.builtin\.env'\s*,\s*'" + re.escape(name) + "'", corpus) is not None
 
 
+_TASKS_FROM = re.compile(r"name:\s*cullis\.broker\.(\w+)\s*\n\s*tasks_from:\s*(\w+)")
+
+
+def _asserts(tasks: list):
+    """Every assert module's arguments in a task list, blocks included."""
+    for task in tasks or []:
+        if not isinstance(task, dict):
+            continue
+        args = task.get("ansible.builtin.assert") or task.get("assert")
+        if isinstance(args, dict):
+            yield args
+        for key in ("block", "rescue", "always"):
+            yield from _asserts(task.get(key))
+
+
 def required_vars(playbook: str) -> set[str]:
     """Variables the playbook insists on: `X is defined` in an assert, `required: true` in a
     role argument spec (options without a default)."""
     required: set[str] = set()
     text = (REPO / playbook).read_text()
     plays = yaml.safe_load(text) or []
+    tasks: list = []
     for play in plays:
-        for task in play.get("tasks", []) + play.get("pre_tasks", []):
-            assert_args = task.get("ansible.builtin.assert") or task.get("assert")
-            if assert_args:
-                that = assert_args.get("that")
-                for cond in that if isinstance(that, list) else [that]:
-                    required.update(re.findall(r"^\s*(\w+) is defined\s*$", str(cond)))
+        tasks += play.get("tasks", []) + play.get("pre_tasks", [])
+    # a thin wrapper's work (and its asserts) lives in the role task file it includes
+    for role, tasks_from in _TASKS_FROM.findall(text):
+        task_file = COLLECTION / "roles" / role / "tasks" / f"{tasks_from}.yml"
+        if task_file.is_file():
+            tasks += yaml.safe_load(task_file.read_text()) or []
+    for assert_args in _asserts(tasks):
+        that = assert_args.get("that")
+        for cond in that if isinstance(that, list) else [that]:
+            required.update(re.findall(r"^\s*(\w+) is defined\s*$", str(cond)))
     corpus = playbook_corpus(playbook)
     for role in set(_ROLE_REF.findall(corpus)):
         spec_file = COLLECTION / "roles" / role / "meta" / "argument_specs.yml"

@@ -153,7 +153,7 @@ def test_role_argument_specs_document_every_default(role):
     assert spec_file.is_file(), f"role {role} has no meta/argument_specs.yml"
     options = role_specs()[role]
     defaults = yaml.safe_load((awx.COLLECTION / "roles" / role / "defaults" / "main.yml").read_text()) or {}
-    python_type = {bool: "bool", int: "int", list: "list", dict: "dict"}
+    python_type = {bool: "bool", int: "int", float: "float", list: "list", dict: "dict"}
     for name, value in defaults.items():
         assert name in options, f"{role}: {name} of defaults/main.yml is not in argument_specs"
         spec = options[name]
