@@ -76,6 +76,10 @@ def named(report, when="before") -> list[str]:
     return [i["id"] for i in report[when]["incidents"]]
 
 
+def host_of(report, incident: str, when="before") -> str:
+    return next(i for i in report[when]["incidents"] if i["id"] == incident)["host"]
+
+
 def run_ok(stack, playbook, **kw):
     res = stack.run(playbook, **kw)
     assert res.rc == 0, f"{playbook} failed (rc={res.rc}):\n{res.output[-4000:]}"
@@ -121,6 +125,7 @@ def test_broker_sigkill_triage_remediates(stack):
 
     res, report = triage(stack, remediate=True)
     assert "broker_down" in named(report), report["before"]["incidents"]
+    assert host_of(report, "broker_down") == "localhost"  # triage names the host (single-host inventory)
     broker = report["before"]["snapshot"]["services"]["broker"]
     assert broker["signal"] == "SIGKILL" and broker["shell_exit_code"] == 137
     assert broker["exit_class"] == "killed"
@@ -199,6 +204,7 @@ def test_redis_stopped_triage_remediates(stack):
     rt.stop("redis")
     _, report = triage(stack)
     assert "redis_down" in named(report)
+    assert host_of(report, "redis_down") == "localhost"
     assert report["before"]["snapshot"]["redis"]["state"] == "down"
 
     res, report = triage(stack, remediate=True)
