@@ -1,0 +1,107 @@
+"""Issue 11: the runbook's incidents on the six-host split topology, each fault injected INTO its
+host's container (docker exec), recovered by the incident playbook (or triage -e remediate=true)
+run from the controller over SSH, verified, and rerun with changed=0.
+
+Shares the session's deployed split topology (conftest `split_stack`); every test leaves it healthy.
+The incident playbooks are those of role cullis.broker.incident (merged from wip-inc).
+"""
+from __future__ import annotations
+
+import json
+import ssl
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+
+pytestmark = [pytest.mark.slow]
+
+STACK_DIR = "/srv/cullis"
+SUPERVISORCTL = f"supervisorctl -c {STACK_DIR}/supervisor/supervisord.conf"
+
+def state(split_stack, host: str, service: str) -> str:
+    out = split_stack.sh(host, f"{SUPERVISORCTL} status {service}")
+    return out.split()[1] if len(out.split()) > 1 else out
+
+
+def readyz(split_stack, ca=None) -> int:
+    ctx = ssl.create_default_context(cafile=str(ca or split_stack.controller_dir / "ca.pem"))
+    try:
+        with urllib.request.urlopen(f"{split_stack.public_url}/readyz", context=ctx, timeout=10) as resp:
+            return resp.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except urllib.error.URLError:  # refused, or a certificate that does not verify (expired)
+        return 0
+
+
+def wait(cond, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def assert_healthy(split_stack) -> None:
+    wait(lambda: readyz(split_stack) == 200, 90, "/readyz 200 through the proxy")
+    for host, service in (("postgres", "postgres"), ("redis", "redis"), ("vault", "vault"),
+                          ("broker1", "broker"), ("broker2", "broker"), ("proxy", "nginx")):
+        assert state(split_stack, host, service) == "RUNNING", (host, service)
+
+
+def run_twice(split_stack, playbook: str, extra_vars: dict | None = None):
+    """The recovery, then the rerun: changed=0."""
+    first = split_stack.run(playbook, extra_vars=extra_vars)
+    assert first.rc == 0, first.output[-4000:]
+    assert first.changed > 0, f"{playbook} changed nothing on a broken stack"
+    again = split_stack.run(playbook, extra_vars=extra_vars)
+    assert again.rc == 0 and again.changed == 0, (again.stats, again.output[-3000:])
+    return first, again
+
+
+def secret_values(split_stack) -> list[str]:
+    env = split_stack.env_of("broker1")
+    keys = json.loads((split_stack.controller_dir / "vault-keys.json").read_text())
+    return [env[k] for k in ("ADMIN_SECRET", "POSTGRES_PASSWORD", "REDIS_PASSWORD", "VAULT_TOKEN")] + \
+        [keys["root_token"], *keys["unseal_keys_b64"]]
+
+
+def assert_no_secret(split_stack, *results) -> None:
+    values = secret_values(split_stack)
+    for res in results:
+        for value in values:
+            assert value not in res.output, "a secret of the split stack appeared in the playbook output"
+
+
+def test_postgres_stopped_on_its_host(split_stack):
+    """Runbook §2 (Recover 1): Postgres stopped on the db host; postgres_down.yml restarts it there."""
+    split_stack.sh("postgres", f"{SUPERVISORCTL} stop postgres")
+    first, again = run_twice(split_stack, "playbooks/incidents/postgres_down.yml")
+    assert_healthy(split_stack)
+    assert_no_secret(split_stack, first, again)
+
+
+def test_vault_sealed_on_its_host(split_stack):
+    """Runbook §3 (sealed): Vault sealed on its host; vault_sealed.yml unseals it with the keys file
+    kept on the controller (never copied to a host)."""
+    keys_file = split_stack.controller_dir / "vault-keys.json"
+    root = json.loads(keys_file.read_text())["root_token"]
+    res = split_stack.bed.exec("vault", [f"/opt/cullis/openbao/bin/bao", "operator", "seal"], environment={
+        "BAO_ADDR": "https://vault:8200", "BAO_CACERT": f"{STACK_DIR}/tls/ca.pem", "BAO_TOKEN": root})
+    assert res.rc == 0, res.output
+    first, again = run_twice(split_stack, "playbooks/incidents/vault_sealed.yml",
+                             {"vault_keys_file": str(keys_file)})
+    assert_healthy(split_stack)
+    assert_no_secret(split_stack, first, again)
+
+
+def test_redis_stopped_on_its_host(split_stack):
+    """Runbook §4 (Recover 1): Redis stopped on its host; redis_down.yml restarts it there."""
+    split_stack.sh("redis", f"{SUPERVISORCTL} stop redis")
+    first, again = run_twice(split_stack, "playbooks/incidents/redis_down.yml")
+    assert_healthy(split_stack)
+    assert_no_secret(split_stack, first, again)
