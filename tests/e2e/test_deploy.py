@@ -111,3 +111,14 @@ def test_readyz_over_tls_with_the_stack_ca(stack):
     # an empty report would pass a subset test: every dependency must be there, and ok
     assert {"database", "redis", "kms"} <= set(body.get("checks") or {}), body
     assert set(body["checks"].values()) == {"ok"}, body
+
+
+def test_metrics_are_served_to_scrapers_not_through_the_public_url(stack):
+    """The broker's /metrics has no authentication (broker-api.md section 7): the deploy turns it on
+    for Prometheus on the broker's own listener, and nginx does not pass it to the public URL."""
+    with urllib.request.urlopen(stack.internal_url + "/metrics", timeout=10) as resp:
+        own = resp.read().decode()
+    assert "# TYPE cullis_auth_success_total counter" in own, own[:300]
+    status, body = stack.get("/metrics")
+    assert status == 404, body
+    assert "cullis_" not in str(body)
