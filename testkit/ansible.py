@@ -115,6 +115,23 @@ class PlaybookResult:
     def output(self) -> str:
         return self.stdout + self.stderr
 
+    def failures(self) -> list[str]:
+        """'host | task | msg' of every failed or unreachable task result (json callback only)."""
+        found = []
+        for play in self.data.get("plays", []):
+            for task in play.get("tasks", []):
+                for host, res in task.get("hosts", {}).items():
+                    if res.get("failed") or res.get("unreachable"):
+                        msg = res.get("msg", "")
+                        found.append(f"{host} | {task.get('task', {}).get('name')} | "
+                                     f"{json.dumps(msg) if not isinstance(msg, str) else msg}")
+        return found
+
+    def explain(self, lines: int = 40) -> str:
+        """For an assertion message: the failed tasks' messages, then the end of the output."""
+        return "\n".join(["failed tasks:", *self.failures(), "--- output tail:",
+                           *self.output.splitlines()[-lines:]])
+
     def task_results(self, name: str, host: str = "localhost") -> list[dict]:
         """Results of every task with this name (json callback only)."""
         found = []

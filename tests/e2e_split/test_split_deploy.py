@@ -70,12 +70,12 @@ def test_secrets_stay_where_they_belong(split_stack):
 
 def test_smoke_passes_from_the_controller(split_stack):
     res = split_stack.run("playbooks/smoke.yml")
-    assert res.rc == 0, "\n".join(res.output.splitlines()[-60:])
+    assert res.rc == 0, res.explain()
 
 
 def test_second_deploy_changes_nothing(split_stack):
     res = split_stack.run("playbooks/deploy.yml")
-    assert res.rc == 0, "\n".join(res.output.splitlines()[-60:])
+    assert res.rc == 0, res.explain()
     changed = {h: s["changed"] for h, s in res.stats.items() if s.get("changed")}
     assert changed == {}, f"second deploy changed something: {changed}"
 

@@ -23,7 +23,12 @@ _LISTEN = '0A'
 
 def _listening_inodes(port):
     """Socket inodes of TCP listeners on `port` (any address, IPv4 and IPv6)."""
-    inodes = set()
+    return set(_listening_sockets(port))
+
+
+def _listening_sockets(port):
+    """{inode: uid} of TCP listeners on `port` (any address, IPv4 and IPv6)."""
+    inodes = {}
     for table in ('/proc/net/tcp', '/proc/net/tcp6'):
         try:
             with open(table) as f:
@@ -33,7 +38,7 @@ def _listening_inodes(port):
                     if len(cols) < 10 or cols[3] != _LISTEN:
                         continue
                     if int(cols[1].rsplit(':', 1)[1], 16) == port:
-                        inodes.add(cols[9])
+                        inodes[cols[9]] = int(cols[7])
         except (IOError, OSError):
             continue
     return inodes
@@ -99,20 +104,42 @@ def _supervisord_pid(stack_dir):
         return None
 
 
+def _pids_of_uid(uid):
+    pids = []
+    for pid in os.listdir('/proc'):
+        if pid.isdigit():
+            try:
+                if os.stat('/proc/' + pid).st_uid == uid:
+                    pids.append(int(pid))
+            except OSError:
+                continue
+    return pids
+
+
 def port_listeners(ports, stack_dir=None):
-    """[{port, listening, ours, pids, commands}] for each port."""
+    """[{port, listening, ours, pids, commands, owner_seen}] for each port."""
     sup = _supervisord_pid(stack_dir)
     out = []
     for port in ports:
-        inodes = _listening_inodes(int(port))
-        pids = sorted(_pids_of_inodes(inodes))
+        sockets = _listening_sockets(int(port))
+        pids = sorted(_pids_of_inodes(sockets))
+        owner_seen = bool(pids) or not sockets
+        if sockets and not pids:
+            # The socket's process is not visible: reading another user's /proc/<pid>/fd needs
+            # CAP_SYS_PTRACE, which root lacks in a container (PostgreSQL runs as its own user).
+            # /proc/net/tcp still names the socket's uid: that user's processes stand in for it.
+            pids = sorted(set(p for uid in set(sockets.values()) for p in _pids_of_uid(uid)))
         commands = [_cmdline(p) for p in pids]
-        listening = bool(inodes)
-        ours = bool(pids) and all(
-            (sup is not None and _descends_from(p, sup)) or (stack_dir and stack_dir in c)
-            for p, c in zip(pids, commands))
+        listening = bool(sockets)
+
+        def stack_owned(pid, command):
+            return (sup is not None and _descends_from(pid, sup)) or bool(stack_dir and stack_dir in command)
+        if owner_seen:
+            ours = bool(pids) and all(stack_owned(p, c) for p, c in zip(pids, commands))
+        else:  # the uid's processes include the stack's service: the listener is most likely it
+            ours = any(stack_owned(p, c) for p, c in zip(pids, commands))
         out.append({'port': int(port), 'listening': listening, 'ours': ours, 'pids': pids,
-                    'commands': [c[:200] for c in commands]})
+                    'commands': [c[:200] for c in commands], 'owner_seen': owner_seen})
     return out
 
 

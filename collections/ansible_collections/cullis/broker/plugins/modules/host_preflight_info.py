@@ -58,11 +58,17 @@ EXAMPLES = r"""
 
 RETURN = r"""
 ports:
-  description: One entry per port of O(ports).
+  description:
+    - One entry per port of O(ports). C(ours) is true when every listener descends from the stack's
+      supervisord or runs from the stack directory. C(owner_seen) is false when the listening
+      process itself could not be seen (another user's process without C(CAP_SYS_PTRACE), as for
+      root in a container); C(pids) are then the processes of the socket's user, and C(ours) is
+      true when one of them is the stack's.
   type: list
   elements: dict
   returned: always
-  sample: [{"port": 8000, "listening": true, "ours": false, "pids": [4242], "commands": ["python3 -m http.server 8000"]}]
+  sample: [{"port": 8000, "listening": true, "ours": false, "pids": [4242], "commands": ["python3 -m http.server 8000"],
+            "owner_seen": true}]
 disk:
   description: One entry per path of O(paths) (C(path), C(checked) = the existing path measured, C(free_mb), C(total_mb)).
   type: list
