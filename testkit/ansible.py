@@ -133,11 +133,13 @@ class PlaybookResult:
                            *self.output.splitlines()[-lines:]])
 
     def task_results(self, name: str, host: str = "localhost") -> list[dict]:
-        """Results of every task with this name (json callback only)."""
+        """Results of every task with this name (json callback only). A task of a role is reported
+        as "<role> : <name>" (an incident playbook's work lives in role cullis.broker.incident)."""
         found = []
         for play in self.data.get("plays", []):
             for task in play.get("tasks", []):
-                if task.get("task", {}).get("name") == name and host in task.get("hosts", {}):
+                task_name = task.get("task", {}).get("name") or ""
+                if (task_name == name or task_name.endswith(" : " + name)) and host in task.get("hosts", {}):
                     found.append(task["hosts"][host])
         return found
 
