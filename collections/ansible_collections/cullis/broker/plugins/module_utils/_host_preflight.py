@@ -21,11 +21,6 @@ import time
 _LISTEN = '0A'
 
 
-def _listening_inodes(port):
-    """Socket inodes of TCP listeners on `port` (any address, IPv4 and IPv6)."""
-    return set(_listening_sockets(port))
-
-
 def _listening_sockets(port):
     """{inode: uid} of TCP listeners on `port` (any address, IPv4 and IPv6)."""
     inodes = {}
