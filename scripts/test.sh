@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, stage by stage. Every stage runs even when an earlier one failed; the
-# exit status is non-zero if any failed. Usage: scripts/test.sh [all|lint|sanity|units|release|pytest|split]
-# (with `all`, the split stage overlaps the others: see below)
+# exit status is non-zero if any failed. Usage:
+#   scripts/test.sh [all|lint|sanity|units|release|pytest|modules|e2e|split]
+# (`pytest` = `modules` + `e2e`; with `all`, the modules and split stages overlap the others: see below)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
@@ -34,43 +35,55 @@ run_release() {
   (cd "$COLL" && antsibull-changelog lint) &&
   (cd "$COLL" && ANSIBLE_COLLECTIONS_PATH="$REPO/collections" antsibull-docs lint-collection-docs --plugin-docs .)
 }
-run_pytest() {
-  # broker_src tests, module integration tests and end-to-end stack tests, all on real services.
-  # (the multi-host test bed and the split topology are the `split` stage)
-  pytest -p no:cacheprovider --durations=30 broker_src/tests tests --ignore=tests/testbed --ignore=tests/e2e_split
+# The pytest suite is two stages with no fixture in common, so they can run side by side:
+# - modules: broker_src tests, module integration tests, rules, release, AWX and static checks, each
+#   on the real services the test kit starts for that session (its own free ports and temp dirs);
+# - e2e: the deployed stacks (tests/e2e: one session stack shared by every test in it).
+run_modules() {
+  pytest -p no:cacheprovider --durations=30 broker_src/tests tests \
+    --ignore=tests/e2e --ignore=tests/testbed --ignore=tests/e2e_split --ignore=tests/e2e_compose
 }
+run_e2e() { pytest -p no:cacheprovider --durations=30 tests/e2e; }
 run_split() {
   # The multi-host test bed (Docker engine, bare Debian hosts over SSH) and the split-topology
   # end-to-end tests on it (issue 11). Skips with its reason where the engine cannot run.
   pytest -p no:cacheprovider --durations=30 tests/testbed tests/e2e_split
 }
 
-# `all` runs the split stage in the background, next to the others: it spends most of its time
-# building images (network, disk) and waiting on six containers over SSH, while the other stages
-# keep one core busy. On this 2-core machine that overlap saves about the split stage's length.
-# CULLIS_TEST_SERIAL=1 runs the stages one after the other (for reading a failure in order).
-split_pid=""
+# `all` runs the split and modules stages in the background, next to the others. The split stage
+# spends most of its time building images (network, disk) and waiting on containers over SSH; the
+# modules stage and the e2e stage mostly wait on services starting and playbooks polling them. On
+# this 2-core machine those overlaps save about the length of both background stages.
+# Background stages print with a prefix (`[split] `, `[modules] `); CULLIS_TEST_SERIAL=1 runs every
+# stage one after the other (for reading a failure in order).
+bg_pids=()
+background() {  # background NAME FUNCTION
+  local log
+  log=$(mktemp -t "cullis-$1-stage.XXXXXX")
+  ( stage "$1" "$2"; [ ${#failed[@]} -eq 0 ] ) > >(sed -u "s/^/[$1] /" | tee "$log") 2>&1 &
+  bg_pids+=("$1:$!")
+  echo "=== stage $1: running in the background (pid $!, log $log)"
+}
 if [ "$what" = all ] && [ -z "${CULLIS_TEST_SERIAL:-}" ]; then
-  split_log=$(mktemp -t cullis-split-stage.XXXXXX)
-  ( stage split run_split; [ ${#failed[@]} -eq 0 ] ) > >(sed -u 's/^/[split] /' | tee "$split_log") 2>&1 &
-  split_pid=$!
-  echo "=== stage split: running in the background (pid $split_pid, log $split_log)"
+  background split run_split
+  background modules run_modules
 fi
+running() { local x; for x in "${bg_pids[@]}"; do [ "${x%%:*}" = "$1" ] && return 0; done; return 1; }
 
 case "$what" in
   all|lint) stage lint run_lint ;;&
   all|sanity) stage sanity run_sanity ;;&
   all|units) stage units run_units ;;&
   all|release) stage release run_release ;;&
-  all|pytest) stage pytest run_pytest ;;&
-  split) stage split run_split ;;
-  all) [ -n "$split_pid" ] || stage split run_split ;;
+  all|pytest|modules) running modules || stage modules run_modules ;;&
+  all|pytest|e2e) stage e2e run_e2e ;;&
+  all|split) running split || stage split run_split ;;
 esac
 
-if [ -n "$split_pid" ]; then
-  echo "=== waiting for the background split stage (pid $split_pid)"
-  wait "$split_pid" || failed+=(split)
-fi
+for x in "${bg_pids[@]}"; do
+  echo "=== waiting for the background ${x%%:*} stage (pid ${x#*:})"
+  wait "${x#*:}" || failed+=("${x%%:*}")
+done
 
 if [ ${#failed[@]} -gt 0 ]; then echo "FAILED stages: ${failed[*]}"; exit 1; fi
 echo "all stages passed"
