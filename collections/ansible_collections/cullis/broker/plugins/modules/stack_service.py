@@ -127,7 +127,7 @@ status:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.cullis.broker.plugins.module_utils._runtime import (
-    RuntimeErrorCullis, get_runtime, runtime_argument_spec, STARTING_STATES)
+    RuntimeErrorCullis, get_runtime, runtime_argument_spec, runtime_options, STARTING_STATES)
 
 
 def plan(rt, name, state):
@@ -157,7 +157,8 @@ def main():
         module.fail_json(msg="name=all is only valid with state=stopped")
 
     try:
-        rt = get_runtime(module.params['runtime'], module.params['stack_dir'], timeout=module.params['timeout'])
+        rt = get_runtime(module.params['runtime'], module.params['stack_dir'], timeout=module.params['timeout'],
+                         **runtime_options(module.params))
         if module.check_mode:
             changed, config_change = plan(rt, name, state)
             st = rt.status(name) if name != 'all' else dict(state='UNKNOWN', pid=None, uptime=0)
