@@ -89,6 +89,12 @@ def test_started_creates_the_container_then_reports_no_change(project, run, dock
     svc = info.result["services"]["broker"]
     assert (svc["state"], svc["exit_class"], svc["restarts"]) == ("RUNNING", "running", 0)
     assert info.result["daemon_running"] is True
+    facts = run("stack_info", project)  # every service the project has a container for
+    assert not facts.failed, facts.output
+    assert facts.result["runtime"] == {"kind": "compose", "daemon_running": True, "error": None}
+    logfile = facts.result["services"]["broker"]["logfile"]
+    assert logfile.startswith("docker logs ") and logfile.endswith("cullis-broker-1"), logfile
+    assert list(facts.result["services"]) == ["broker"]
 
 
 def test_changed_project_config_recreates_the_container(project, run, docker_engine, base_image):
