@@ -40,7 +40,7 @@ test-fast: deps
 	@scripts/test.sh lint
 	@scripts/test.sh units
 	pytest -p no:cacheprovider -m "not slow and not stack" broker_src/tests tests \
-		--ignore=tests/testbed --ignore=tests/e2e_split
+		--ignore=tests/testbed --ignore=tests/e2e_split --ignore=tests/e2e_compose
 
 lint sanity units release pytest modules e2e split: deps
 	@scripts/test.sh $@

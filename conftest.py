@@ -1,3 +1,3 @@
 # Root conftest: makes the shared test kit (real services, test PKI) available to every suite.
 pytest_plugins = ["testkit.pytest_plugin", "testkit.broker"]
-pytest_plugins += ["testkit.testbed_fixtures"]  # multi-host test bed: tests/testbed, tests/e2e_split
+pytest_plugins += ["testkit.testbed_fixtures"]  # multi-host test bed: tests/testbed, tests/e2e_split, tests/e2e_compose

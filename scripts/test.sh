@@ -46,8 +46,9 @@ run_modules() {
 run_e2e() { pytest -p no:cacheprovider --durations=30 tests/e2e; }
 run_split() {
   # The multi-host test bed (Docker engine, bare Debian hosts over SSH) and the split-topology
-  # end-to-end tests on it (issue 11). Skips with its reason where the engine cannot run.
-  pytest -p no:cacheprovider --durations=30 tests/testbed tests/e2e_split
+  # end-to-end tests on it (issue 11), and the compose runtime on the same engine (issue 12).
+  # Skips with its reason where the engine cannot run.
+  pytest -p no:cacheprovider --durations=30 tests/testbed tests/e2e_split tests/e2e_compose
 }
 
 # `all` runs the split and modules stages in the background, next to the others. The split stage

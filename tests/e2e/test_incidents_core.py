@@ -15,6 +15,7 @@ import sys
 import time
 
 import pytest
+import yaml
 
 from testkit.ansible import REPO
 from testkit.process import wait_for
@@ -168,6 +169,8 @@ def test_broker_oom_raises_memory_limit(stack):
     conf = stack.dir / "supervisor" / "conf.d" / "broker.conf"
     original = conf.read_text()
     assert "--memory-limit-mb 0" in original
+    persisted = stack.inventory / "host_vars" / "localhost" / "cullis_broker_memory.yml"
+    assert not persisted.exists()
     conf.write_text(original.replace("--memory-limit-mb 0", "--memory-limit-mb 40"))
     try:
         try:
@@ -185,8 +188,11 @@ def test_broker_oom_raises_memory_limit(stack):
         res = run_ok(stack, "playbooks/incidents/broker_down.yml")
         assert "--memory-limit-mb 512" in conf.read_text()
         assert "512 MB" in res.output
+        # persisted in the inventory, so the next deploy keeps the raised limit
+        assert yaml.safe_load(persisted.read_text()) == {"cullis_broker_memory_limit_mb": 512}
         assert_healthy(stack)
     finally:
+        persisted.unlink(missing_ok=True)  # the next tests' deploys expect the inventory's declared state
         if "--memory-limit-mb 0" not in conf.read_text():
             # back to the inventory's declared state (no limit) for the next tests
             conf.write_text(original)

@@ -5,7 +5,8 @@
 
 Not a public API of the collection. Every module and playbook that controls a service of the
 stack goes through `get_runtime()`, so the way services run (`process` = one supervisord per
-stack today, `compose` on production hosts later) is decided in one place.
+stack, `compose` = the containers of a compose project, see _runtime_compose.py) is decided in one
+place.
 
 `ProcessRuntime` talks to the stack's supervisord over its XML-RPC API on the unix socket
 `<stack_dir>/supervisor/supervisor.sock` (standard library only). Layout it relies on, written
@@ -17,7 +18,7 @@ by the `supervisor` role:
     <stack_dir>/supervisor/supervisord.pid       daemon pid file
     <stack_dir>/logs/<service>.log               stdout+stderr of each service
 
-A `ComposeRuntime` only has to provide the same methods: `daemon_running()`, `ensure_daemon()`,
+`ComposeRuntime` (_runtime_compose.py) provides the same methods: `daemon_running()`, `ensure_daemon()`,
 `services()`, `status(name)`, `apply_config(name)`, `start(name)`, `stop(name)`,
 `restart(name)`, `reload(name)`, `logs(name, lines)`, `shutdown()`.
 """
@@ -58,16 +59,26 @@ def runtime_argument_spec():
         stack_dir=dict(type='path', required=True),
         runtime=dict(type='str', default='process', choices=list(RUNTIMES)),
         timeout=dict(type='float', default=60),
+        compose_project_dir=dict(type='path'),
+        compose_project=dict(type='str'),
+        compose_services=dict(type='dict', default={}),
+        docker_host=dict(type='str'),
     )
 
 
-def get_runtime(kind, stack_dir, timeout=60.0):
-    """Return the runtime object for `cullis_runtime` = kind."""
+def runtime_options(params):
+    """The compose runtime's keyword arguments of get_runtime() from a module's params."""
+    return dict(project_dir=params.get('compose_project_dir'), project_name=params.get('compose_project'),
+                services=params.get('compose_services') or {}, docker_host=params.get('docker_host'))
+
+
+def get_runtime(kind, stack_dir, timeout=60.0, **compose_options):
+    """Return the runtime object for `cullis_runtime` = kind (compose_options: see runtime_options())."""
     if kind == 'process':
         return ProcessRuntime(stack_dir, timeout=timeout)
     if kind == 'compose':
-        raise RuntimeErrorCullis("runtime 'compose' is not implemented in this version of cullis.broker; "
-                                 "use cullis_runtime: process")
+        from ansible_collections.cullis.broker.plugins.module_utils._runtime_compose import ComposeRuntime
+        return ComposeRuntime(stack_dir, timeout=timeout, **compose_options)
     raise RuntimeErrorCullis("unknown runtime %r (expected one of %s)" % (kind, ', '.join(RUNTIMES)))
 
 
@@ -151,7 +162,24 @@ if http_client is not None:
             return _UnixHTTPConnection(self._path, self._timeout)
 
 
-class ProcessRuntime(object):
+class RuntimeBase(object):
+    """What every runtime does the same way on top of its status/start/stop/signal."""
+
+    def restart(self, name):
+        self.stop(name)
+        self.start(name)
+        return True
+
+    def reload(self, name, sig='HUP'):
+        """Ask a running service to re-read its config/certificates (SIGHUP); starts it when down."""
+        st = self.status(name)
+        if not st['running']:
+            return self.start(name)
+        self.signal(name, sig)
+        return True
+
+
+class ProcessRuntime(RuntimeBase):
     """`cullis_runtime: process`: the services of one stack under one supervisord."""
 
     kind = 'process'
@@ -350,18 +378,8 @@ class ProcessRuntime(object):
                 raise
         return True
 
-    def restart(self, name):
-        self.stop(name)
-        self.start(name)
-        return True
-
-    def reload(self, name, sig='HUP'):
-        """Ask a running service to re-read its config/certificates (SIGHUP); starts it when down."""
-        st = self.status(name)
-        if not st['running']:
-            return self.start(name)
+    def signal(self, name, sig):
         self._call('supervisor.signalProcess', name, sig)
-        return True
 
     def logfile(self, name):
         return os.path.join(self.log_dir, '%s.log' % name)

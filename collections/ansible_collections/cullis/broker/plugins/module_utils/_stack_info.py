@@ -62,7 +62,8 @@ def disk_usage(path):
                 used_percent=round(100.0 * used / total, 1) if total else 0.0)
 
 
-def gather(stack_dir, env_file=None, runtime='process', services=None, timeout=30.0, with_secrets=False):
+def gather(stack_dir, env_file=None, runtime='process', services=None, timeout=30.0, with_secrets=False,
+           runtime_options=None):
     """Everything `stack_info` returns (secrets only when `with_secrets`)."""
     stack_dir = os.path.abspath(stack_dir)
     env_file = env_file or os.path.join(stack_dir, '.env')
@@ -78,7 +79,7 @@ def gather(stack_dir, env_file=None, runtime='process', services=None, timeout=3
     rt_info = dict(kind=runtime, daemon_running=False, error=None)
     states = {}
     try:
-        rt = get_runtime(runtime, stack_dir, timeout=timeout)
+        rt = get_runtime(runtime, stack_dir, timeout=timeout, **(runtime_options or {}))
         rt_info['daemon_running'] = rt.daemon_running()
         names = services if services else (rt.services() if rt_info['daemon_running'] else [])
         for name in names:

@@ -108,7 +108,8 @@ services:
       type: str
       returned: always
     oom:
-      description: "Out of memory was detected, and how (C(memory_error), C(kernel_oom_kill), C(cgroup)), or null."
+      description: "Out of memory was detected, and how (C(memory_error), C(kernel_oom_kill), C(cgroup),
+        C(container) - the engine's C(State.OOMKilled) with O(runtime=compose)), or null."
       type: str
       returned: always
     cgroup_oom_kills:
@@ -116,15 +117,21 @@ services:
       type: int
       returned: always
     restarts:
-      description: "Spawns since the stack's supervisord started, minus one."
+      description: "Spawns since the stack's supervisord started, minus one; with O(runtime=compose) the
+        container's C(RestartCount)."
       type: int
+      returned: always
+    health:
+      description: "The container's healthcheck status (V(starting), V(healthy), V(unhealthy), V(none)) with
+        O(runtime=compose); null with O(runtime=process)."
+      type: str
       returned: always
     spawnerr:
       description: "The runtime's spawn error."
       type: str
       returned: always
     logfile:
-      description: "Path of the service log."
+      description: "Path of the service log (with O(runtime=compose), the C(docker logs) command that shows it)."
       type: str
       returned: always
     log_tail:
@@ -173,7 +180,7 @@ from ansible_collections.cullis.broker.plugins.module_utils._diagnose import (
     startup_error, supervisor_events)
 from ansible_collections.cullis.broker.plugins.module_utils._redact import Redactor, protect, secret_values_from_env
 from ansible_collections.cullis.broker.plugins.module_utils._runtime import (
-    RuntimeErrorCullis, get_runtime, runtime_argument_spec, tail_file)
+    RuntimeErrorCullis, get_runtime, runtime_argument_spec, runtime_options, tail_file)
 
 SUPERVISOR_LOG_CANDIDATES = ('supervisor/supervisord.log', 'logs/supervisord.log')
 ANALYSIS_LINES = 400
@@ -242,13 +249,18 @@ def describe(name, status, svc_lines, sup_lines, redact, log_lines, stack_dir=''
         exit_code = None
     if exit_code == -1:
         exit_code = None
+    engine = 'oom_killed' in status  # a container runtime: the engine recorded the last exit itself
+    if engine:
+        exit_code, signal_name = status.get('exit_code'), status.get('signal')
     run = last_run(svc_lines)
     oom = None
-    if any(re.search(r'\bMemoryError\b|Cannot allocate memory', line) for line in run) and not status['running']:
+    if engine and status['oom_killed']:
+        oom = 'container'
+    elif any(re.search(r'\bMemoryError\b|Cannot allocate memory', line) for line in run) and not status['running']:
         oom = 'memory_error'
     elif signal_name == 'SIGKILL' and exit_ev and kernel_oom_killed(exit_ev.get('pid'), kernel_log):
         oom = 'kernel_oom_kill'
-    oom_kills = cgroup_oom_kills(stack_dir, name) if stack_dir else None
+    oom_kills = cgroup_oom_kills(stack_dir, name) if stack_dir and not engine else None
     if oom is None and signal_name == 'SIGKILL' and kernel_log is None and oom_kills:
         # no readable kernel log: the cgroup's counter is the only (cumulative) evidence
         oom = 'cgroup'
@@ -259,7 +271,8 @@ def describe(name, status, svc_lines, sup_lines, redact, log_lines, stack_dir=''
         state=status['state'], running=status['running'], pid=status['pid'], uptime=status['uptime'],
         start=status.get('start'), stop=status.get('stop'),
         exit_code=exit_code, signal=signal_name, shell_exit_code=shell_exit_code(exit_code, signal_name),
-        exit_class=exit_class, oom=oom, cgroup_oom_kills=oom_kills, restarts=restart_count(events),
+        exit_class=exit_class, oom=oom, cgroup_oom_kills=oom_kills,
+        restarts=status['restart_count'] if engine else restart_count(events), health=status.get('health'),
         spawnerr=redact(status.get('spawnerr') or ''), logfile=status.get('logfile'),
         log_tail=redact.lines(svc_lines[-log_lines:]) if log_lines else [],
     )
@@ -293,7 +306,7 @@ def main():
     protect(module, *[v for v in secrets if len(v) >= 8])
     redact = Redactor(secrets)
     try:
-        rt = get_runtime(p['runtime'], stack_dir, timeout=p['timeout'])
+        rt = get_runtime(p['runtime'], stack_dir, timeout=p['timeout'], **runtime_options(p))
         daemon = rt.daemon_running()
         names = p['services'] or rt.services()
         sup_lines = supervisor_log_lines(stack_dir)

@@ -94,7 +94,7 @@ disk:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.cullis.broker.plugins.module_utils._runtime import runtime_argument_spec
+from ansible_collections.cullis.broker.plugins.module_utils._runtime import runtime_argument_spec, runtime_options
 from ansible_collections.cullis.broker.plugins.module_utils._stack_info import gather
 
 
@@ -108,7 +108,7 @@ def main():
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     p = module.params
     result = gather(p['stack_dir'], env_file=p['env_file'], runtime=p['runtime'], services=p['services'],
-                    timeout=p['timeout'], with_secrets=p['secrets'])
+                    timeout=p['timeout'], with_secrets=p['secrets'], runtime_options=runtime_options(p))
     module.exit_json(changed=False, **result)
 
 

@@ -20,6 +20,12 @@ description:
     O(stack_dir)/supervisor/ (written by the C(cullis.broker.supervisor) role). The module starts
     that supervisord when it is not running, and loads a new or changed program configuration
     of the service before acting (a changed running service is restarted, which counts as a change).
+  - With O(runtime=compose) the service is a container of the compose project in
+    O(compose_project_dir), found on the Docker engine O(docker_host) by the project's labels and
+    O(compose_services). A service without a container, or whose config in the project changed
+    (Compose's config hash), is created or re-created with C(docker compose up -d --no-deps) before
+    acting; start, stop, restart and reload (SIGHUP) act on the container. The engine is never
+    started by the module.
   - Stopping gives the service its grace period (the program's C(stopwaitsecs)), then SIGKILL, so
     a broker that ignores SIGTERM still stops.
   - O(name=all) with O(state=stopped) stops every service and the stack's supervisord itself.
@@ -127,7 +133,7 @@ status:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.cullis.broker.plugins.module_utils._runtime import (
-    RuntimeErrorCullis, get_runtime, runtime_argument_spec, STARTING_STATES)
+    RuntimeErrorCullis, get_runtime, runtime_argument_spec, runtime_options, STARTING_STATES)
 
 
 def plan(rt, name, state):
@@ -157,7 +163,8 @@ def main():
         module.fail_json(msg="name=all is only valid with state=stopped")
 
     try:
-        rt = get_runtime(module.params['runtime'], module.params['stack_dir'], timeout=module.params['timeout'])
+        rt = get_runtime(module.params['runtime'], module.params['stack_dir'], timeout=module.params['timeout'],
+                         **runtime_options(module.params))
         if module.check_mode:
             changed, config_change = plan(rt, name, state)
             st = rt.status(name) if name != 'all' else dict(state='UNKNOWN', pid=None, uptime=0)

@@ -54,13 +54,12 @@ def test_tail_file_returns_last_lines(tmp_path):
     assert tail_file(str(tmp_path / 'missing.log'), 3) == ''
 
 
-def test_factory_knows_process_and_refuses_others(tmp_path):
+def test_factory_knows_process_and_compose_and_refuses_others(tmp_path):
     rt = get_runtime('process', str(tmp_path))
     assert isinstance(rt, ProcessRuntime)
     assert rt.sock == str(tmp_path / 'supervisor' / 'supervisor.sock')
     assert rt.logfile('nginx') == str(tmp_path / 'logs' / 'nginx.log')
-    with pytest.raises(RuntimeErrorCullis, match='compose'):
-        get_runtime('compose', str(tmp_path))
+    assert get_runtime('compose', str(tmp_path)).kind == 'compose'
     with pytest.raises(RuntimeErrorCullis, match='unknown runtime'):
         get_runtime('k8s', str(tmp_path))
 
