@@ -256,12 +256,13 @@ class PgSession(object):
         return rows[0][0] if rows else None
 
     @contextmanager
-    def transaction(self):
-        """A cursor inside one transaction: committed if the block ends normally, else rolled back."""
+    def _transaction(self, cursor_name=None):
+        """A cursor (named = server-side) inside one transaction: committed if the block ends
+        normally, else rolled back; the connection is back in autocommit mode afterwards."""
         psycopg2 = require_psycopg2()
         self.db.autocommit = False
         try:
-            with self.db.cursor() as cur:
+            with self.db.cursor(name=cursor_name) as cur:
                 yield cur
             self.db.commit()
         except psycopg2.Error as e:
@@ -273,24 +274,16 @@ class PgSession(object):
         finally:
             self.db.autocommit = True
 
+    def transaction(self):
+        """`with session.transaction() as cur:` - statements (`execute(..., cursor=cur)`) committed together."""
+        return self._transaction()
+
     def stream(self, statement, params=None, batch=2000):
         """Yield the rows of a (large) query through a server-side cursor, `batch` rows at a time."""
-        psycopg2 = require_psycopg2()
-        self.db.autocommit = False
-        try:
-            with self.db.cursor(name='cullis_stream_%s' % uuid.uuid4().hex) as cur:
-                cur.itersize = batch
-                cur.execute(statement, params)
-                yield from cur
-            self.db.commit()
-        except psycopg2.Error as e:
-            self.db.rollback()
-            raise self._error(e)
-        except BaseException:
-            self.db.rollback()
-            raise
-        finally:
-            self.db.autocommit = True
+        with self._transaction('cullis_stream_%s' % uuid.uuid4().hex) as cur:
+            cur.itersize = batch
+            cur.execute(statement, params)
+            yield from cur
 
 
 # Same counts as a single SELECT returning "schema.table<TAB>count" rows (run inside a session).
