@@ -7,13 +7,16 @@ the archive verifies on its own and the remaining chain still verifies from the 
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import json
 import subprocess
 from pathlib import Path
 
+import pytest
+import yaml
 
 from testkit import broker_db
-from testkit.ansible import run_module
+from testkit.ansible import run_module, run_playbook
 from testkit.services import PG_BIN
 
 from ansible_collections.cullis.broker.plugins.module_utils._audit_chain import verify_chain  # noqa: E402  (path set by testkit.broker_db)
@@ -102,3 +105,51 @@ def test_second_archive_as_table_owner_continues_from_the_anchor(pg, db, tmp_pat
     # the second archive verifies from the first archive's anchor
     verify = archive(pg, db, state="verified", path=second.result["archive_path"])
     assert not verify.failed, verify.result.get("msg")
+
+
+HOSTILE = "o'rg\"; DELETE FROM audit_log; --"
+
+
+def test_hostile_org_id_is_bound_not_spliced(pg, db, tmp_path):
+    """§2 Recover 2: values reach PostgreSQL as bound parameters (psycopg2): an org id with a quote,
+    a semicolon and a comment is archived, deleted and anchored verbatim, and nothing else happens."""
+    broker_db.seed(pg, db, orgs=1, agents_per_org=1, audit_per_org=5, audit_start=NOW - dt.timedelta(days=60),
+                   audit_step=dt.timedelta(days=2), prefix=HOSTILE)
+    org = HOSTILE + "0"
+    res = archive(pg, db, older_than_days=31, dest=str(tmp_path / "cold"))
+    assert not res.failed, res.result.get("msg")
+    assert res.result["orgs"][org]["rows"] == 4 and res.result["rows"] == 34
+    stored = pg.psql("SELECT org_id || '|' || chain_seq FROM cullis_ops.audit_anchors ORDER BY org_id", db=db)
+    assert sorted(stored.splitlines()) == sorted(["org0|15", "org1|15", org + "|4"])
+    # the hostile org keeps only its newest entry; the others keep theirs: nothing ran beyond the plan
+    left = pg.psql("SELECT org_id || '|' || count(*) FROM audit_log GROUP BY org_id ORDER BY org_id", db=db)
+    assert sorted(left.splitlines()) == sorted(["org0|10", "org1|10", org + "|1"])
+    with gzip.open(res.result["archive_path"], "rt") as f:
+        archived = [json.loads(line) for line in f]
+    assert sum(1 for r in archived if r["org_id"] == org) == 4
+    assert not archive(pg, db, state="verified", path=res.result["archive_path"]).failed
+
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def _imports(python: str, name: str) -> bool:
+    return subprocess.run([python, "-c", f"import {name}"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not Path(SYSTEM_PYTHON).exists() or _imports(SYSTEM_PYTHON, "psycopg2"),
+                    reason="needs a Python without psycopg2 (the system Python of this machine has it)")
+def test_missing_psycopg2_is_a_clear_error(pg, tmp_path):
+    """On a host whose Python lacks psycopg2 the module fails naming the package, no traceback."""
+    play = [{"hosts": "localhost", "gather_facts": False, "connection": "local",
+             "vars": {"ansible_python_interpreter": SYSTEM_PYTHON},
+             "tasks": [{"name": "archive", "cullis.broker.audit_archive": dict(
+                 login_host="127.0.0.1", login_port=pg.port, login_user="postgres", login_password=pg.password,
+                 database="tpl", older_than_days=31, dest=str(tmp_path / "cold"))}]}]
+    book = tmp_path / "play.yml"
+    book.write_text(yaml.safe_dump(play))
+    res = run_playbook(book)
+    [failed] = res.task_results("archive")
+    assert failed.get("failed") and "psycopg2 is missing" in failed["msg"] and "python3-psycopg2" in failed["msg"]
+    assert "Traceback" not in res.output and pg.password not in res.output
+    assert not (tmp_path / "cold").exists()

@@ -252,6 +252,33 @@ def test_revoked_token_is_replaced_with_a_scoped_orphan(node):
     assert mine, created
 
 
+def test_valid_token_without_the_broker_policy_is_reported_and_replaced(node):
+    """Runbook 3 Recover: a token that is valid but lacks broker-policy (the broker starts, then
+    every secret read is denied) is not "unchanged": it is reported and replaced."""
+    token = node.create_token(policy="default", ttl="720h")
+    args = {**conn(node), "token": token, "keys_file": str(node.keys_file), "policies": ["broker-policy"]}
+    check = run_module("vault_token", args, check=True)
+    assert check.rc == 0, check.result.get("msg")
+    assert check.changed and check.result["outcome"] == "created"
+    assert check.result["previous_state"] == "wrong_policies" and check.result["missing_policies"] == ["broker-policy"]
+    assert any("lacks the policies broker-policy" in w for w in check.result.get("warnings", []))
+    before = set(json.loads(node.cli("list", "-format=json", "auth/token/accessors", token=node.root_token).stdout))
+
+    res = run_module("vault_token", args, verbosity=3)
+    assert res.rc == 0 and res.changed and res.result.get("censored")
+    assert token not in res.output and node.root_token not in res.output
+    after = set(json.loads(node.cli("list", "-format=json", "auth/token/accessors", token=node.root_token).stdout))
+    [new] = [lookup_accessor(node, a) for a in after - before]
+    assert "broker-policy" in new["policies"] and new["orphan"] and new["ttl"] > 719 * 3600
+    assert lookup(node, token) is not None  # the old token is reported (warning), not revoked
+
+    # a valid token that holds the policy stays as it is, and says nothing is missing
+    good = node.create_token(ttl="720h")
+    same = run_module("vault_token", {**args, "token": good})
+    assert same.rc == 0 and not same.changed and same.result["outcome"] == "unchanged"
+    assert same.result["previous_state"] == "valid" and same.result["missing_policies"] == []
+
+
 def lookup_accessor(server, accessor) -> dict:
     out = server.cli("token", "lookup", "-format=json", "-accessor", accessor, token=server.root_token)
     return json.loads(out.stdout)["data"]

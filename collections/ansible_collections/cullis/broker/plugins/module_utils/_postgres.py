@@ -9,8 +9,13 @@ is started through an *executor*, so the place the commands run is swappable:
 `LocalExecutor` runs them as local subprocesses today; a compose executor (`docker compose exec
 -T -e PGPASSWORD postgres ...`) only needs to implement `popen()` the same way.
 
+SQL that carries values goes through psycopg2 with bound parameters (`PostgresConnection.connect()`,
+`query()`, `value()`, `PgSession`), never through strings piped to psql; identifiers are composed
+with `psycopg2.sql.Identifier`. psycopg2 is imported lazily so a target without it gets a clear
+error naming the package to install (`require_psycopg2()`), not a traceback.
+
 The password never appears in argv or output: it is handed to the child in the PGPASSWORD
-environment variable only.
+environment variable, or to libpq as a connection parameter, only.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -20,6 +25,7 @@ __metaclass__ = type
 import os
 import subprocess
 import uuid
+from contextlib import contextmanager
 
 from ansible.module_utils.basic import env_fallback
 from ansible_collections.cullis.broker.plugins.module_utils._redact import scrub
@@ -45,6 +51,27 @@ def postgres_argument_spec():
 
 class PostgresError(Exception):
     """An operator-facing error; the message never contains the password."""
+
+
+PSYCOPG2_MISSING = ("the Python library psycopg2 is missing on the host this module runs on (interpreter %s); "
+                    "install it (Debian: apt-get install python3-psycopg2; the cullis.broker.postgres role does "
+                    "this on database hosts) or point ansible_python_interpreter at a Python that has it")
+
+
+def require_psycopg2():
+    """Import psycopg2 (and psycopg2.sql) or raise PostgresError saying how to install it."""
+    try:
+        import psycopg2
+        import psycopg2.sql  # noqa: F401  (composes identifiers)
+    except ImportError:
+        import sys
+        raise PostgresError(PSYCOPG2_MISSING % sys.executable)
+    return psycopg2
+
+
+def sql_identifier(name):
+    """A safely quoted identifier for psycopg2 `sql.SQL(...).format(...)`."""
+    return require_psycopg2().sql.Identifier(name)
 
 
 class LocalExecutor(object):
@@ -133,21 +160,130 @@ class PostgresConnection(object):
     def session(self, database):
         return PsqlSession(self, database)
 
+    # -- psycopg2: bound parameters ------------------------------------------------------------
+    def connect(self, database=None):
+        """A psycopg2 connection (autocommit) to `database`; errors are PostgresError without the password."""
+        psycopg2 = require_psycopg2()
+        database = database or self.maintenance_db
+        kwargs = dict(host=self.host, port=self.port, user=self.user, dbname=database,
+                      connect_timeout=self.connect_timeout, application_name='cullis.broker')
+        if self.password:
+            kwargs['password'] = self.password
+        try:
+            conn = psycopg2.connect(**kwargs)
+        except psycopg2.Error as e:
+            raise PostgresError("cannot connect to PostgreSQL at %s:%s as %s (database %s): %s"
+                                % (self.host, self.port, self.user, database, self.scrub(str(e)).strip()))
+        conn.autocommit = True
+        return conn
+
+    def pg_session(self, database=None):
+        return PgSession(self, database or self.maintenance_db)
+
+    def query(self, statement, params=None, database=None):
+        """Rows (tuples of Python values) of one statement with bound `params`."""
+        with self.pg_session(database) as s:
+            return s.query(statement, params)
+
+    def value(self, statement, params=None, database=None):
+        """First column of the first row, or None."""
+        rows = self.query(statement, params, database)
+        return rows[0][0] if rows else None
+
     # -- common queries ------------------------------------------------------------------------
     def database_exists(self, name):
-        return self.scalar("SELECT count(*) FROM pg_database WHERE datname = %s;" % quote_literal(name)) == '1'
+        return self.value("SELECT count(*) FROM pg_database WHERE datname = %s", (name,)) == 1
 
     def database_owner(self, name):
-        return self.scalar("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s;"
-                           % quote_literal(name))
+        return self.value("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", (name,))
 
     def server_version(self):
-        return self.scalar("SHOW server_version;")
+        return self.value("SHOW server_version")
 
     def list_databases(self, prefix):
-        rows = self.psql("SELECT datname FROM pg_database WHERE starts_with(datname, %s) ORDER BY 1;"
-                         % quote_literal(prefix))
+        rows = self.query("SELECT datname FROM pg_database WHERE starts_with(datname, %s) ORDER BY 1", (prefix,))
         return [r[0] for r in rows]
+
+
+class PgSession(object):
+    """One psycopg2 connection to a database (autocommit), used as a context manager. Every
+    statement takes bound parameters; `transaction()` groups statements atomically and
+    `stream()` reads a large result through a server-side cursor, in batches."""
+
+    def __init__(self, conn, database):
+        self.conn = conn
+        self.database = database
+        self.db = None
+
+    def __enter__(self):
+        self.db = self.conn.connect(self.database)
+        return self
+
+    def __exit__(self, *exc):
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+        return False
+
+    def _error(self, e):
+        return PostgresError("SQL on %s:%s/%s failed: %s" % (self.conn.host, self.conn.port, self.database,
+                                                             self.conn.scrub(str(e)).strip()))
+
+    def execute(self, statement, params=None, cursor=None):
+        """Run one statement; returns the cursor's rowcount."""
+        psycopg2 = require_psycopg2()
+        try:
+            if cursor is not None:
+                cursor.execute(statement, params)
+                return cursor.rowcount
+            with self.db.cursor() as cur:
+                cur.execute(statement, params)
+                return cur.rowcount
+        except psycopg2.Error as e:
+            raise self._error(e)
+
+    def query(self, statement, params=None):
+        psycopg2 = require_psycopg2()
+        try:
+            with self.db.cursor() as cur:
+                cur.execute(statement, params)
+                return cur.fetchall()
+        except psycopg2.Error as e:
+            raise self._error(e)
+
+    def value(self, statement, params=None):
+        rows = self.query(statement, params)
+        return rows[0][0] if rows else None
+
+    @contextmanager
+    def _transaction(self, cursor_name=None):
+        """A cursor (named = server-side) inside one transaction: committed if the block ends
+        normally, else rolled back; the connection is back in autocommit mode afterwards."""
+        psycopg2 = require_psycopg2()
+        self.db.autocommit = False
+        try:
+            with self.db.cursor(name=cursor_name) as cur:
+                yield cur
+            self.db.commit()
+        except psycopg2.Error as e:
+            self.db.rollback()
+            raise self._error(e)
+        except BaseException:
+            self.db.rollback()
+            raise
+        finally:
+            self.db.autocommit = True
+
+    def transaction(self):
+        """`with session.transaction() as cur:` - statements (`execute(..., cursor=cur)`) committed together."""
+        return self._transaction()
+
+    def stream(self, statement, params=None, batch=2000):
+        """Yield the rows of a (large) query through a server-side cursor, `batch` rows at a time."""
+        with self._transaction('cullis_stream_%s' % uuid.uuid4().hex) as cur:
+            cur.itersize = batch
+            cur.execute(statement, params)
+            yield from cur
 
 
 # Same counts as a single SELECT returning "schema.table<TAB>count" rows (run inside a session).

@@ -2,6 +2,10 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) Cullis operations team
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# Why this file is ~470 lines: about 230 of them are DOCUMENTATION/EXAMPLES/RETURN; the code
+# (~210 lines) is the login/expectation/message-exchange glue of this one module. The agent
+# protocol (assertions, DPoP, nonces, message signing) is in module_utils/_agent_client.py and
+# the identity files in module_utils/_org_identity.py.
 
 from __future__ import absolute_import, division, print_function
 

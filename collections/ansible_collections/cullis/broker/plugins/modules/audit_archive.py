@@ -28,6 +28,9 @@ description:
     trigger is enabled. O(vacuum=true) then runs C(VACUUM) so the space is reusable."
   - V(verified) re-verifies an archive file against its manifest (checksum and chain).
 version_added: 0.1.0
+requirements:
+  - psycopg2 (Debian C(python3-psycopg2)) on the host the module runs on; the C(cullis.broker.postgres) role
+    installs it on database hosts.
 author: Cullis operations team (!UNKNOWN)
 extends_documentation_fragment:
   - cullis.broker.postgres
@@ -116,8 +119,6 @@ manifest:
 import gzip
 import json
 import os
-import subprocess
-import tempfile
 import time
 
 from ansible.module_utils.basic import AnsibleModule
@@ -126,14 +127,15 @@ from ansible.module_utils.common.text.converters import to_native
 from ansible_collections.cullis.broker.plugins.module_utils import _pg_backup as pb
 from ansible_collections.cullis.broker.plugins.module_utils._audit_chain import ChainVerifier
 from ansible_collections.cullis.broker.plugins.module_utils._postgres import (
-    PostgresConnection, PostgresError, postgres_argument_spec, quote_ident, quote_literal)
+    PostgresConnection, PostgresError, postgres_argument_spec, require_psycopg2, sql_identifier)
 
 KIND = 'cullis.broker.audit_archive/v1'
 TRIGGER = 'audit_log_no_update_or_delete'
 COLUMNS = ['id', 'timestamp', 'event_type', 'agent_id', 'session_id', 'org_id', 'details', 'result', 'entry_hash',
            'previous_hash', 'chain_seq', 'peer_org_id', 'peer_row_hash', 'principal_type', 'hash_format']
+# {owner} is composed with psycopg2.sql.Identifier (the owner of audit_log), never formatted in.
 ANCHOR_DDL = """
-CREATE SCHEMA IF NOT EXISTS cullis_ops AUTHORIZATION %(owner)s;
+CREATE SCHEMA IF NOT EXISTS cullis_ops AUTHORIZATION {owner};
 CREATE TABLE IF NOT EXISTS cullis_ops.audit_anchors (
     id bigserial PRIMARY KEY,
     org_id varchar(128) NOT NULL,
@@ -147,11 +149,16 @@ CREATE TABLE IF NOT EXISTS cullis_ops.audit_anchors (
 );
 """
 # A superuser creates them for the owner of audit_log, so the broker's role can archive next time.
-ANCHOR_OWNER = "ALTER TABLE cullis_ops.audit_anchors OWNER TO %(owner)s;"
+ANCHOR_OWNER = "ALTER TABLE cullis_ops.audit_anchors OWNER TO {owner};"
+# The per-org bounds travel as two bound arrays: unnest(%s::text[], %s::bigint[]) AS b(org, maxseq).
+BOUNDS = "unnest(%s::text[], %s::bigint[]) AS b(org, maxseq)"
+EXPORT_COLUMNS = ', '.join("'%s', %s" % (c, "to_char(a.timestamp AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US')"
+                                         if c == 'timestamp' else 'a.' + c) for c in COLUMNS)
 
 
-def values_list(bounds):
-    return ', '.join('(%s, %d)' % (quote_literal(org), seq) for org, seq in sorted(bounds.items()))
+def bound_arrays(bounds):
+    orgs = sorted(bounds)
+    return [orgs, [bounds[org] for org in orgs]]
 
 
 def read_archive(path):
@@ -168,19 +175,18 @@ class Archive(object):
         self.conn = PostgresConnection(self.p)
         self.result = dict(changed=False, rows=0, orgs={})
 
-    def anchors(self):
-        db = self.p['database']
-        if self.conn.scalar("SELECT to_regclass('cullis_ops.audit_anchors') IS NOT NULL;", db) != 't':
+    def anchors(self, s):
+        if not s.value("SELECT to_regclass('cullis_ops.audit_anchors') IS NOT NULL"):
             return {}
-        rows = self.conn.psql("SELECT DISTINCT ON (org_id) org_id, chain_seq, entry_hash FROM cullis_ops.audit_anchors "
-                              "ORDER BY org_id, chain_seq DESC;", db)
-        return dict((r[0], (int(r[1]), r[2])) for r in rows)
+        rows = s.query("SELECT DISTINCT ON (org_id) org_id, chain_seq, entry_hash FROM cullis_ops.audit_anchors "
+                       "ORDER BY org_id, chain_seq DESC")
+        return dict((org, (int(seq), h)) for org, seq, h in rows)
 
-    def bounds(self, cutoff_sql):
+    @staticmethod
+    def bounds(s, cutoff):
         """Per org, the last chain_seq to archive: rows older than the cutoff, never the newest entry."""
-        rows = self.conn.psql(
-            "SELECT org_id, min(chain_seq), max(chain_seq) FILTER (WHERE timestamp < %s), max(chain_seq) "
-            "FROM audit_log GROUP BY org_id ORDER BY org_id;" % cutoff_sql, self.p['database'])
+        rows = s.query("SELECT org_id, min(chain_seq), max(chain_seq) FILTER (WHERE timestamp < %s::timestamptz), "
+                       "max(chain_seq) FROM audit_log GROUP BY org_id ORDER BY org_id", (cutoff,))
         bounds, counts = {}, {}
         for org, first, old_max, last in rows:
             if not old_max:
@@ -198,81 +204,68 @@ class Archive(object):
         now = time.time()
         cutoff = pb.utc_iso(now - self.p['older_than_days'] * 86400)
         self.result['cutoff'] = cutoff
-        cutoff_sql = "%s::timestamptz" % quote_literal(cutoff)
-        anchors = self.anchors()
-        bounds, counts = self.bounds(cutoff_sql)
-        self.result['orgs'] = dict((org, dict(rows=counts[org], last_seq=bounds[org])) for org in bounds)
-        self.result['rows'] = sum(counts.values())
-        if not bounds:
-            return
-        if self.module.check_mode:
-            self.result['changed'] = True
-            return
-        dest = self.p['dest']
-        if not os.path.isdir(dest):
+        with self.conn.pg_session(db) as s:
+            anchors = self.anchors(s)
+            bounds, counts = self.bounds(s, cutoff)
+            self.result['orgs'] = dict((org, dict(rows=counts[org], last_seq=bounds[org])) for org in bounds)
+            self.result['rows'] = sum(counts.values())
+            if not bounds:
+                return
+            if self.module.check_mode:
+                self.result['changed'] = True
+                return
+            dest = self.p['dest']
+            if not os.path.isdir(dest):
+                try:
+                    os.makedirs(dest, 0o700)
+                except (IOError, OSError) as e:
+                    raise pb.BackupError("cannot create the archive directory (nothing was deleted): %s"
+                                         % pb.describe_os_error(e, dest))
+            path = os.path.join(dest, 'audit_%s_%s.jsonl.gz' % (db, pb.utc_stamp(now)))
+            written = self.export(s, path, bounds)
+            self.result['changed'] = True  # from here on the archive file exists (removed again on failure)
             try:
-                os.makedirs(dest, 0o700)
-            except (IOError, OSError) as e:
-                raise pb.BackupError("cannot create the archive directory (nothing was deleted): %s"
-                                     % pb.describe_os_error(e, dest))
-        path = os.path.join(dest, 'audit_%s_%s.jsonl.gz' % (db, pb.utc_stamp(now)))
-        written = self.export(path, bounds, anchors)
-        self.result['changed'] = True  # from here on the archive file exists (removed again on failure)
-        try:
-            manifest = self.verify_file(path, dict(anchors_before=self.anchor_doc(anchors, bounds)), written)
-            manifest.update(kind=KIND, database=db, file=os.path.basename(path), cutoff=cutoff,
-                            created=pb.utc_iso(now), older_than_days=self.p['older_than_days'])
-            pb.write_sidecars(path, manifest, 'archive')
-        except Exception:
-            for p in (path, pb.manifest_path(path), pb.checksum_path(path)):
-                pb.remove_path(p)
-            self.result['changed'] = False
-            raise
-        self.result.update(archive_path=path, sha256=manifest['sha256'], manifest=manifest)
-        self.delete(bounds, manifest)
-        self.post_check(manifest)
-        for org, info in manifest['orgs'].items():
-            self.result['orgs'][org].update(info)
-        if self.p['vacuum']:
-            self.conn.psql("VACUUM audit_log;", db)
+                manifest = self.verify_file(path, dict(anchors_before=self.anchor_doc(anchors, bounds)), written)
+                manifest.update(kind=KIND, database=db, file=os.path.basename(path), cutoff=cutoff,
+                                created=pb.utc_iso(now), older_than_days=self.p['older_than_days'])
+                pb.write_sidecars(path, manifest, 'archive')
+            except Exception:
+                for p in (path, pb.manifest_path(path), pb.checksum_path(path)):
+                    pb.remove_path(p)
+                self.result['changed'] = False
+                raise
+            self.result.update(archive_path=path, sha256=manifest['sha256'], manifest=manifest)
+            self.delete(s, bounds, manifest)
+            self.post_check(s, manifest)
+            for org, info in manifest['orgs'].items():
+                self.result['orgs'][org].update(info)
+            if self.p['vacuum']:
+                s.execute("VACUUM audit_log")  # the session is in autocommit mode, as VACUUM needs
 
     @staticmethod
     def anchor_doc(anchors, bounds):
         return dict((org, dict(chain_seq=anchors[org][0], entry_hash=anchors[org][1]) if org in anchors else None)
                     for org in bounds)
 
-    def export(self, path, bounds, anchors):
-        cols = ', '.join("'%s', %s" % (c, "to_char(a.timestamp AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US')"
-                                       if c == 'timestamp' else 'a.' + c) for c in COLUMNS)
-        sql = ("SELECT json_build_object(%s) FROM audit_log a JOIN (VALUES %s) b(org, maxseq) "
-               "ON a.org_id = b.org AND a.chain_seq <= b.maxseq ORDER BY a.org_id, a.chain_seq;"
-               % (cols, values_list(bounds)))
-        args = ['-X', '-A', '-t', '-q', '-v', 'ON_ERROR_STOP=1'] + self.conn.conn_args(self.p['database'])
-        errf = tempfile.TemporaryFile()
-        proc = self.conn.popen('psql', args + ['-c', sql], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                               stderr=errf)
+    def export(self, s, path, bounds):
+        """Stream the rows to archive (server-side cursor) into a gzip JSON-lines file, atomically."""
+        statement = ("SELECT json_build_object(%s)::text FROM audit_log a JOIN %s "
+                     "ON a.org_id = b.org AND a.chain_seq <= b.maxseq ORDER BY a.org_id, a.chain_seq"
+                     % (EXPORT_COLUMNS, BOUNDS))
         rows = 0
         try:
             with pb.AtomicFile(path) as af:
                 gz = gzip.GzipFile(filename='', mode='wb', fileobj=af, mtime=0)
-                for line in proc.stdout:
-                    if line.strip():
-                        gz.write(line)
-                        rows += 1
-                if proc.wait() != 0:
-                    errf.seek(0)
-                    raise pb.BackupError("reading audit rows failed: %s"
-                                         % self.conn.scrub(errf.read().decode('utf-8', 'replace')).strip())
+                for (line,) in s.stream(statement, bound_arrays(bounds)):
+                    gz.write(line.encode('utf-8') + b'\n')
+                    rows += 1
                 gz.close()
                 af.commit()
+        except PostgresError as e:
+            raise pb.BackupError("reading audit rows failed (nothing was deleted): %s" % e)
         except (IOError, OSError) as e:
             raise pb.BackupError("writing the archive failed (nothing was deleted): %s"
                                  % pb.describe_os_error(e, os.path.dirname(path)))
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            errf.close()
         return rows
 
     def verify_file(self, path, manifest, expected_rows=None):
@@ -297,54 +290,45 @@ class Archive(object):
                    chain_verified=True)
         return out
 
-    def delete(self, bounds, manifest):
-        db = self.p['database']
-        superuser = self.conn.scalar("SELECT rolsuper FROM pg_roles WHERE rolname = current_user;", db) == 't'
-        owner = quote_ident(self.conn.scalar("SELECT pg_get_userbyid(relowner) FROM pg_class "
-                                             "WHERE oid = 'audit_log'::regclass;", db))
-        ddl = ANCHOR_DDL % dict(owner=owner) + (ANCHOR_OWNER % dict(owner=owner) if superuser else '')
-        lift = "SET LOCAL session_replication_role = replica;" if superuser else \
-            "ALTER TABLE audit_log DISABLE TRIGGER %s;" % TRIGGER
-        restore = "" if superuser else "ALTER TABLE audit_log ENABLE TRIGGER %s;" % TRIGGER
-        inserts = "\n".join(
-            "INSERT INTO cullis_ops.audit_anchors (org_id, chain_seq, entry_hash, archived_rows, archive_file, "
-            "archive_sha256) VALUES (%s, %d, %s, %d, %s, %s);" % (
-                quote_literal(org), info['anchor_seq'], quote_literal(info['anchor_hash']), info['rows'],
-                quote_literal(manifest['file']), quote_literal(manifest['sha256']))
-            for org, info in sorted(manifest['orgs'].items()))
-        sql = """
-BEGIN;
-%(ddl)s
-%(lift)s
-DO $cullis$
-DECLARE n bigint;
-BEGIN
-  WITH d AS (DELETE FROM audit_log a USING (VALUES %(values)s) b(org, maxseq)
-             WHERE a.org_id = b.org AND a.chain_seq <= b.maxseq RETURNING 1)
-  SELECT count(*) INTO n FROM d;
-  IF n <> %(expected)d THEN
-    RAISE EXCEPTION 'deleted %% audit rows but %(expected)d were archived; rolled back', n;
-  END IF;
-END $cullis$;
-%(restore)s
-%(inserts)s
-COMMIT;
-""" % dict(ddl=ddl, lift=lift, values=values_list(bounds), expected=manifest['rows'], restore=restore,
-           inserts=inserts)
-        self.conn.psql(sql, db)
+    def delete(self, s, bounds, manifest):
+        """One transaction: lift the append-only trigger for it alone, delete exactly the archived
+        rows (else roll back), record the anchors."""
+        sql = require_psycopg2().sql
+        superuser = s.value("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+        owner = sql_identifier(s.value("SELECT pg_get_userbyid(relowner) FROM pg_class "
+                                       "WHERE oid = 'audit_log'::regclass"))
+        ddl = sql.SQL(ANCHOR_DDL + (ANCHOR_OWNER if superuser else '')).format(owner=owner)
+        trigger = sql_identifier(TRIGGER)
+        with s.transaction() as cur:
+            s.execute(ddl, cursor=cur)
+            if superuser:
+                s.execute("SET LOCAL session_replication_role = replica", cursor=cur)
+            else:
+                s.execute(sql.SQL("ALTER TABLE audit_log DISABLE TRIGGER {}").format(trigger), cursor=cur)
+            deleted = s.execute("DELETE FROM audit_log a USING %s WHERE a.org_id = b.org AND a.chain_seq <= b.maxseq"
+                                % BOUNDS, bound_arrays(bounds), cursor=cur)
+            if deleted != manifest['rows']:
+                raise pb.BackupError("deleted %d audit rows but %d were archived; rolled back (nothing was deleted)"
+                                     % (deleted, manifest['rows']))
+            if not superuser:
+                s.execute(sql.SQL("ALTER TABLE audit_log ENABLE TRIGGER {}").format(trigger), cursor=cur)
+            for org, info in sorted(manifest['orgs'].items()):
+                s.execute("INSERT INTO cullis_ops.audit_anchors (org_id, chain_seq, entry_hash, archived_rows, "
+                          "archive_file, archive_sha256) VALUES (%s, %s, %s, %s, %s, %s)",
+                          (org, info['anchor_seq'], info['anchor_hash'], info['rows'], manifest['file'],
+                           manifest['sha256']), cursor=cur)
         self.result['trigger_bypass'] = 'session_replication_role' if superuser else 'disable_trigger'
 
-    def post_check(self, manifest):
-        db = self.p['database']
-        state = self.conn.scalar("SELECT tgenabled FROM pg_trigger WHERE tgname = %s AND tgrelid = 'audit_log'::regclass;"
-                                 % quote_literal(TRIGGER), db)
+    def post_check(self, s, manifest):
+        state = s.value("SELECT tgenabled FROM pg_trigger WHERE tgname = %s AND tgrelid = 'audit_log'::regclass",
+                        (TRIGGER,))
         if state not in ('O', 'A'):
             raise pb.BackupError("the append-only trigger %s is not enabled after the archive (state %s); enable it: "
                                  "ALTER TABLE audit_log ENABLE TRIGGER %s" % (TRIGGER, state, TRIGGER))
         problems = []
         for org, info in manifest['orgs'].items():
-            rows = self.conn.psql("SELECT chain_seq, coalesce(previous_hash, '') FROM audit_log WHERE org_id = %s "
-                                  "ORDER BY chain_seq LIMIT 1;" % quote_literal(org), db)
+            rows = s.query("SELECT chain_seq, coalesce(previous_hash, '') FROM audit_log WHERE org_id = %s "
+                           "ORDER BY chain_seq LIMIT 1", (org,))
             if not rows or int(rows[0][0]) != info['anchor_seq'] + 1 or rows[0][1] != info['anchor_hash']:
                 problems.append(org)
         if problems:

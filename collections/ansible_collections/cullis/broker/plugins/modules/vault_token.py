@@ -12,7 +12,12 @@ module: vault_token
 short_description: Ensure a scoped Vault/OpenBao token (the broker's VAULT_TOKEN) is valid
 description:
   - Looks up O(token) with C(auth/token/lookup-self).
-  - Valid with a TTL above O(min_ttl) (or a token that never expires) - nothing changes.
+  - Valid with a TTL above O(min_ttl) (or a token that never expires) and holding every policy in
+    O(policies) - nothing changes.
+  - Valid but missing one of O(policies) (for example a token made without C(broker-policy), which
+    lets the broker start and fails its first secret read) - reported in RV(missing_policies) and
+    replaced by a new token with O(policies), as an invalid one would be. Without O(policies) the
+    policies are not checked.
   - Valid, renewable and below O(min_ttl) - renewed (C(auth/token/renew-self), increment O(ttl)).
     If its max TTL keeps it below O(min_ttl) and an admin token is available, a new one is created.
   - Invalid, expired, not renewable and below O(min_ttl), or O(token) not given - a new token is
@@ -57,6 +62,7 @@ options:
   policies:
     description:
       - Policies of a created token. Required when a token has to be created.
+      - A valid O(token) must hold every one of them (as a token or identity policy), else it is replaced.
     type: list
     elements: str
   ttl:
@@ -91,7 +97,7 @@ attributes:
   idempotent:
     support: full
     description: When run twice in a row with the same arguments, the second run reports no change.
-    details: A valid token with enough TTL is left alone.
+    details: A valid token with enough TTL and the policies asked for is left alone.
 seealso:
   - module: cullis.broker.vault_unseal
 """
@@ -125,9 +131,17 @@ outcome:
   returned: always
   type: str
 previous_state:
-  description: "State of O(token) before the run: V(valid), V(expiring) (below O(min_ttl)), V(invalid) or V(missing)."
+  description:
+    - "State of O(token) before the run: V(valid), V(expiring) (below O(min_ttl)), V(invalid), V(missing),
+      or V(wrong_policies) (valid, but without some of O(policies))."
   returned: always
   type: str
+missing_policies:
+  description: Policies of O(policies) that the looked-up O(token) does not hold (empty when it holds them all).
+  returned: when O(token) is valid and O(policies) is given
+  type: list
+  elements: str
+  sample: [broker-policy]
 token:
   description:
     - The new token, only when RV(outcome=created) and not in check mode.
@@ -278,6 +292,14 @@ def main():
             state = 'valid' if never or current > min_ttl else 'expiring'
 
     result = dict(changed=False, previous_state=state)
+    if data is not None and p['policies']:
+        held = set(data.get('policies') or []) | set(data.get('identity_policies') or [])
+        result['missing_policies'] = sorted(set(p['policies']) - held)
+        if result['missing_policies']:
+            state = result['previous_state'] = 'wrong_policies'
+            module.warn("the token is valid but lacks the policies %s: it is replaced by a new token with %s; the old "
+                        "token is not revoked (revoke it by its accessor %s)"
+                        % (', '.join(result['missing_policies']), ', '.join(p['policies']), data.get('accessor')))
     if state == 'valid':
         result.update(outcome='unchanged', **describe(data))
     elif state == 'expiring' and data.get('renewable'):
@@ -293,7 +315,8 @@ def main():
                 else:
                     module.warn("the token was renewed but its max TTL keeps it at %ss, below min_ttl %ss; "
                                 "give admin_token or keys_file to replace it" % (result['ttl'], min_ttl))
-    if state in ('missing', 'invalid', 'capped') or (state == 'expiring' and not data.get('renewable')):
+    if state in ('missing', 'invalid', 'capped', 'wrong_policies') or \
+            (state == 'expiring' and not data.get('renewable')):
         if not p['policies']:
             module.fail_json(msg="a new token is needed (current token: %s) but no policies were given" % state,
                              previous_state=result['previous_state'])
