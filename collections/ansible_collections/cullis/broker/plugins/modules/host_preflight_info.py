@@ -16,6 +16,8 @@ description:
     belongs to the Cullis stack (a descendant of the stack's supervisord, or a command line under
     O(stack_dir)), the free space of the filesystems that hold (or will hold) the given paths,
     whether the given host names resolve, and the host's OS, Python version and clock.
+  - The incident role reads the disk usage of PostgreSQL's data directory with it, on the database
+    host (runbook section 2, disk full).
   - Decides nothing; C(playbooks/preflight.yml) compares the facts with the deployment's needs.
   - Linux only (reads C(/proc)). Standard library only.
 author: Cullis operations team (!UNKNOWN)
@@ -70,10 +72,16 @@ ports:
   sample: [{"port": 8000, "listening": true, "ours": false, "pids": [4242], "commands": ["python3 -m http.server 8000"],
             "owner_seen": true}]
 disk:
-  description: One entry per path of O(paths) (C(path), C(checked) = the existing path measured, C(free_mb), C(total_mb)).
+  description:
+    - One entry per path of O(paths) (C(path), C(checked) = the existing path measured, C(free_mb), C(total_mb),
+      C(used_percent)).
+    - C(used_percent) is what C(df) shows as C(Use%), used / (used + available to unprivileged users), so a
+      service that does not run as root sees its disk full at 100.
   type: list
   elements: dict
   returned: always
+  sample: [{"path": "/srv/cullis/postgres/data", "checked": "/srv/cullis/postgres/data", "free_mb": 5120,
+            "total_mb": 20480, "used_percent": 73.9}]
 names:
   description: One entry per name of O(resolve) (C(name), C(resolved), C(addresses), C(error)).
   type: list
