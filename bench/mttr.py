@@ -158,6 +158,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--inventory", help="inventory dir of an already deployed stack (else a throw-away one)")
     ap.add_argument("--only", nargs="*", help="incident names to run")
+    ap.add_argument("--json", help="also write the rows to this JSON file (bench/mttr_handsoff.py reads it)")
     args = ap.parse_args()
     e2e = _e2e()
     base = None
@@ -224,6 +225,9 @@ def main():
             e2e._stop_by_pid(pid)
             shutil.rmtree(base, ignore_errors=True)
 
+    if args.json:
+        Path(args.json).write_text(json.dumps({name: {"playbook_s": tp, "bare_s": tb, "note": note}
+                                               for name, tp, tb, note in rows}, indent=2))
     print()
     print(f"{'incident playbook':<22} {'verified recovery (s)':>22} {'bare restart (s)':>17} {'overhead':>9}  note")
     print("-" * 100)

@@ -1,22 +1,36 @@
-"""Hands-off recovery end to end (issue 17; runbook section 1): a real fault on the deployed e2e
-stack -> Prometheus alert -> Alertmanager webhook -> ansible-rulebook -> the incident playbook ->
-verified healthy, with the incident record (JSON + HTML) showing each step.
+"""Hands-off recovery end to end (issue 17): a real fault on the deployed e2e stack -> Prometheus
+alert -> Alertmanager webhook -> ansible-rulebook -> the incident playbook -> verified healthy, with
+the incident record (JSON + HTML) showing each step. One monitoring stack for the whole module
+(`monitored`), one test per fault of the runbook, in this order:
+
+- broker kill -9 (section 1; SIGKILL, exit 137; autorestart is off on the local stack, so only the
+  remediation brings it back),
+- Redis stopped (section 4), Postgres stopped (section 2), Vault sealed (section 3).
+Each record is checked to belong to the fault injected by its test (its alert started after the
+injection), not to an earlier alert.
 
 Real Prometheus, Alertmanager, exporters (playbooks/monitoring.yml on the shared `stack`, free
 ports) and a real ansible-rulebook (.venv-eda, Java 17) on loopback. Intervals, stated: scrape
-and rule evaluation 1 s, `for: 0s`, Alertmanager group_wait 0 s, group_interval 1 s. The fault:
-the broker's process is killed with SIGKILL (exit 137; autorestart is off on the local stack, so
-only the remediation brings it back). The stack is healthy again when the test ends, and the
-monitoring programs are removed from its supervisord (the next test gets the stack it expects).
+and rule evaluation 1 s, `for: 3s` (incident alerts; TLS and security alerts 0 s), Alertmanager
+group_wait 0 s, group_interval 1 s, probe timeout 1 s, broker exporter: token lookup 1 s, audit
+verification 2 s; the rulebook's throttle is 5 min per incident and host, its escalation window 900 s. A failed
+remediation escalating instead of looping: tests/monitoring/test_remediate_escalation.py.
+The stack is healthy again after every test, and the monitoring programs are removed from its
+supervisord at the end (the next test module gets the stack it expects).
+
+CULLIS_MTTR_OUT=FILE: the measured hands-off MTTR per incident is written there as JSON
+(bench/mttr_handsoff.py prints it next to the intervals and the manual playbook runs).
 """
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import shutil
 import signal
 import tempfile
 import time
+import urllib.parse
 import xmlrpc.client
 from pathlib import Path
 
@@ -32,7 +46,7 @@ EDA_VENV = Path(os.environ.get("EDA_VENV", REPO / ".venv-eda"))
 EDA_DIR = REPO / "collections/ansible_collections/cullis/broker/extensions/eda"
 JAVA_HOME = "/usr/lib/jvm/java-17-openjdk-amd64"
 PROGRAMS = ("prometheus", "alertmanager", "blackbox_exporter", "postgres_exporter", "redis_exporter",
-            "node_exporter")
+            "node_exporter", "broker_exporter")
 
 
 def _supervisor(stack):
@@ -61,16 +75,24 @@ def monitored(stack):
         "cullis_monitoring_prometheus_port": free_port(), "cullis_monitoring_alertmanager_port": free_port(),
         "cullis_monitoring_blackbox_port": free_port(), "cullis_monitoring_postgres_exporter_port": free_port(),
         "cullis_monitoring_redis_exporter_port": free_port(), "cullis_monitoring_node_exporter_port": free_port(),
+        "cullis_monitoring_broker_exporter_port": free_port(),
         "cullis_monitoring_scrape_interval": "1s", "cullis_monitoring_evaluation_interval": "1s",
-        "cullis_monitoring_alert_for": "0s", "cullis_monitoring_group_wait": "0s",
+        # 3 s, not 0 s: a broker that was just restarted answers /health before its /readyz shows
+        # every component (seen: a BrokerNotReady on redis during the broker_down recovery)
+        "cullis_monitoring_alert_for": "3s", "cullis_monitoring_group_wait": "0s",
         "cullis_monitoring_group_interval": "1s", "cullis_monitoring_probe_timeout": "1s",
         "cullis_monitoring_remediation_webhook_url": f"http://127.0.0.1:{rb_port}/endpoint",
+        "cullis_monitoring_token_check_seconds": 1, "cullis_monitoring_audit_verify_seconds": 2,
         "cullis_install_packages": False,  # scripts/bootstrap.sh installed them (saves the package checks)
     }
     t0 = time.monotonic()
     first = stack.run("playbooks/monitoring.yml", extra_vars=mon_vars)
     deploy_s = time.monotonic() - t0
     assert first.rc == 0, first.output[-4000:]
+    # the rulebook listens only once the fresh monitoring sees a quiet, healthy stack: an alert of
+    # the deploy itself would reach it later (Alertmanager retries) and count as a flap
+    prom = f"http://127.0.0.1:{mon_vars['cullis_monitoring_prometheus_port']}"
+    wait_for(lambda: _all_targets_up(prom) and not _active_alerts(prom), 120, "every target up, no alert")
     reports = work / "reports"
     rb_vars = {
         "cullis_rulebook_listen_host": "127.0.0.1", "cullis_rulebook_listen_port": rb_port,
@@ -90,8 +112,13 @@ def monitored(stack):
                               work / "rulebook.log", env=env, cwd=REPO, stop_grace=10).start()
     try:
         wait_for(lambda: _port_open(rb_port), 60, "ansible-rulebook webhook", rulebook)
-        yield {"stack": stack, "vars": mon_vars, "first": first, "deploy_s": deploy_s, "reports": reports,
-               "rulebook": rulebook, "work": work}
+        state = {"stack": stack, "vars": mon_vars, "first": first, "deploy_s": deploy_s, "reports": reports,
+                 "rulebook": rulebook, "work": work, "faults": [], "mttr": {}}
+        yield state
+        if os.environ.get("CULLIS_MTTR_OUT"):
+            Path(os.environ["CULLIS_MTTR_OUT"]).write_text(json.dumps(
+                {"intervals": {k: v for k, v in mon_vars.items() if k.endswith(("_interval", "_for", "_wait", "_timeout"))},
+                 "monitoring_deploy_s": round(deploy_s, 1), "mttr_s": state["mttr"]}, indent=2))
     finally:
         rulebook.stop()
         _remove_programs(stack)
@@ -122,58 +149,142 @@ def _remove_programs(stack) -> None:
     shutil.rmtree(stack.dir / "monitoring", ignore_errors=True)
 
 
+def _records(reports: Path, incident: str = "*") -> list[Path]:
+    """Incident records (JSON) whose HTML page is written too (the JSON is written first)."""
+    found = sorted((reports / "incidents").glob(f"2*-{incident}-*.json")) if (reports / "incidents").exists() else []
+    return [f for f in found if f.with_suffix(".html").exists()]
+
+
+def _ready(stack) -> bool:
+    status, body = stack.get("/readyz")
+    return status == 200 and isinstance(body, dict) and body.get("status") == "ready" \
+        and set(body.get("checks", {}).values()) == {"ok"}
+
+
+def _when(stamp: str) -> datetime.datetime:
+    """A timeline time (Alertmanager's nanoseconds, '...Z', '+00:00Z') as an aware datetime."""
+    stamp = stamp.rstrip("Z").replace("+00:00", "")
+    head, _, frac = stamp.partition(".")
+    return datetime.datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}+00:00")
+
+
+def _all_targets_up(prom: str) -> bool:
+    jobs: dict[str, set] = {}
+    for t in _http_json(prom + "/api/v1/targets")["data"]["activeTargets"]:
+        jobs.setdefault(t["labels"]["job"], set()).add(t["health"])
+    return set(jobs) >= {"cullis_broker", "cullis_broker_health", "cullis_broker_readyz", "vault_health", "cullis_tls",
+                         "postgres", "redis", "node", "vault", "cullis_broker_exporter"} \
+        and all(h == {"up"} for h in jobs.values())
+
+
+def _active_alerts(prom: str) -> list[dict]:
+    return _http_json(prom + "/api/v1/alerts")["data"]["alerts"]
+
+
+def _hands_off(monitored, incident: str, alertnames: set[str], inject) -> dict:
+    """Inject a fault, wait until the rulebook's remediation wrote its incident record, check the
+    record step by step and the stack healthy again; returns the record. If anything fails, the
+    incident playbook is run by hand so the next test still gets a healthy stack."""
+    stack, reports = monitored["stack"], monitored["reports"]
+    prom = f"http://127.0.0.1:{monitored['vars']['cullis_monitoring_prometheus_port']}"
+    wait_for(lambda: not _active_alerts(prom), 60, "no alert active before the fault")
+    before = set(_records(reports))
+    try:
+        monitored["faults"].append(incident)
+        injected_at = datetime.datetime.now(datetime.timezone.utc)
+        t0 = time.monotonic()
+        inject()
+
+        def new_record():
+            new = [f for f in _records(reports, incident) if f not in before]
+            return new[-1] if new else None
+        wait_for(lambda: new_record() is not None, 240, f"incident record of {incident}", monitored["rulebook"])
+        mttr = time.monotonic() - t0
+        rec = json.loads(new_record().read_text())
+        assert rec["outcome"] == "recovered" and rec["escalated"] is False, rec
+        assert rec["incident"] == incident and rec["alertname"] in alertnames and rec["host"] == "localhost", rec
+        assert rec["playbook"] == f"playbooks/incidents/{incident}.yml", rec
+        events = [e["event"] for e in rec["timeline"]]
+        assert events[0].startswith("fault seen") and events[1].startswith(f"alert fired: {rec['alertname']}"), events
+        # the alert that was remediated is the fault injected here, not an earlier one
+        assert _when(rec["timeline"][0]["at"]) >= injected_at - datetime.timedelta(seconds=2), (injected_at, rec)
+        assert events[2] == f"remediation started: playbooks/incidents/{incident}.yml", events
+        assert events[-1].startswith("verified healthy"), events
+        phases = [e.split(":")[0] for e in events[3:-1]]  # the incident playbook's own timeline
+        assert {"confirm", "recover", "verify"} <= set(phases), events
+        html = new_record().with_suffix(".html").read_text()
+        assert f"{incident} on localhost" in html and "recovered" in html
+        assert _ready(stack), stack.get("/readyz")
+        # the alert resolves by itself (nothing is left broken)
+        wait_for(lambda: not _active_alerts(prom), 60, f"alerts of {incident} resolved")
+    except BaseException:
+        if not _ready(stack):
+            stack.run(f"playbooks/incidents/{incident}.yml")
+        raise
+    monitored["mttr"][incident] = {"total_s": round(mttr, 1), "injected_at": injected_at.isoformat(),
+                                   "timeline": rec["timeline"]}
+    print(f"\n{incident}: fault -> verified healthy, hands-off: {mttr:.1f} s "
+          f"(scrape/eval 1 s, for 3 s, group_wait 0 s); timeline: {events}")
+    return rec
+
+
 def test_broker_killed_alert_rulebook_playbook_recovers(monitored):
+    """Runbook section 1 "Broker is down": kill -9."""
     stack, reports = monitored["stack"], monitored["reports"]
     prom = f"http://127.0.0.1:{monitored['vars']['cullis_monitoring_prometheus_port']}"
 
-    # every probe and exporter of the healthy stack is up; the broker's metrics carry the real names
-    def all_up():
-        targets = _http_json(prom + "/api/v1/targets")["data"]["activeTargets"]
-        jobs = {}
-        for t in targets:
-            jobs.setdefault(t["labels"]["job"], set()).add(t["health"])
-        return set(jobs) >= {"cullis_broker", "cullis_broker_health", "cullis_broker_readyz", "vault_health",
-                             "cullis_tls", "postgres", "redis", "node"} and all(h == {"up"} for h in jobs.values())
-    wait_for(all_up, 60, "every monitoring target up")
-    for query in ("min(probe_success)", "min(pg_up)", "min(redis_up)"):
-        result = _http_json(prom + "/api/v1/query?query=" + query)["data"]["result"]
-        assert result and result[0]["value"][1] == "1", (query, result)
+    # every probe and exporter of the healthy stack is up (the fixture waited for it) and says so;
+    # the broker's metrics carry the real names
+    assert _all_targets_up(prom)
+    queries = ("min(probe_success)", "min(pg_up)", "min(redis_up)", "min(cullis_vault_token_valid)",
+               "min(cullis_vault_token_ttl_seconds) > bool 168 * 3600",  # the broker's token: 720 h, no warning
+               "min(vault_core_active)",  # Vault's own telemetry, read with the scoped token
+               "min(cullis_audit_chain_verify_ok)")  # the periodic verification ran and passed
+
+    def values():
+        return {q: [r["value"][1] for r in _http_json(prom + "/api/v1/query?query=" + urllib.parse.quote(q))["data"]["result"]]
+                for q in queries}
+    wait_for(lambda: all(v == ["1"] for v in values().values()), 60, "every health query 1")
     names = _http_json(prom + "/api/v1/label/__name__/values")["data"]
     assert "cullis_auth_success_total" in names and "cullis_dpop_jti_replay_attempt_total" in names
     assert not [n for n in names if n.startswith("atn_")]
 
     # healthy stack: nothing fires, nothing runs (watched for 5 s = 5 evaluations)
     time.sleep(5)
-    assert _http_json(prom + "/api/v1/alerts")["data"]["alerts"] == []
+    assert _active_alerts(prom) == []
     assert not (reports / "incidents").exists()
 
-    pid = stack.services()["broker"]["pid"]
-    assert pid
-    t0 = time.monotonic()
-    os.kill(pid, signal.SIGKILL)  # runbook section 1: exit 137
+    def kill():
+        pid = stack.services()["broker"]["pid"]
+        assert pid
+        os.kill(pid, signal.SIGKILL)  # exit 137
+    _hands_off(monitored, "broker_down", {"BrokerDown"}, kill)
 
-    def record():
-        """The incident record, once both its JSON and its HTML page are written."""
-        found = sorted((reports / "incidents").glob("2*-broker_down-*.json")) if (reports / "incidents").exists() else []
-        if not found or not Path(str(found[-1])[:-5] + ".html").exists():
-            return None
-        return json.loads(found[-1].read_text())
-    wait_for(lambda: record() is not None, 240, "incident record of broker_down", monitored["rulebook"])
-    mttr = time.monotonic() - t0
-    rec = record()
-    assert rec["outcome"] == "recovered" and rec["escalated"] is False, rec
-    assert rec["incident"] == "broker_down" and rec["alertname"] == "BrokerDown" and rec["host"] == "localhost"
-    events = [e["event"] for e in rec["timeline"]]
-    assert events[0].startswith("fault seen") and events[1].startswith("alert fired: BrokerDown")
-    assert any(e.startswith("remediation started") for e in events)
-    assert events[-1].startswith("verified healthy")
-    phases = [e.split(":")[0] for e in events[3:-1]]  # the incident playbook's own timeline
-    assert {"confirm", "recover", "verify"} <= set(phases), events
-    html = Path(str(sorted((reports / "incidents").glob("2*-broker_down-*.json"))[-1])[:-5] + ".html").read_text()
-    assert "broker_down on localhost" in html and "recovered" in html
-    status, body = stack.get("/readyz")
-    assert status == 200 and body["status"] == "ready", body
-    # the alert resolves; nothing else was remediated
-    wait_for(lambda: not _http_json(prom + "/api/v1/alerts")["data"]["alerts"], 60, "alerts resolved")
-    assert len(list((reports / "incidents").glob("2*.json"))) == 1
-    print(f"\nbroker kill -9 -> verified healthy, hands-off: {mttr:.1f} s (scrape/eval 1 s, for 0 s, group_wait 0 s)")
+
+def test_redis_stopped_alert_rulebook_playbook_recovers(monitored):
+    """Runbook section 4 "Redis down": the Redis server is stopped."""
+    _hands_off(monitored, "redis_down", {"RedisDown", "BrokerNotReady"},
+               lambda: _supervisor(monitored["stack"]).supervisor.stopProcess("redis"))
+
+
+def test_postgres_stopped_alert_rulebook_playbook_recovers(monitored):
+    """Runbook section 2 "Postgres down or unreachable": the PostgreSQL server is stopped."""
+    _hands_off(monitored, "postgres_down", {"PostgresDown", "BrokerNotReady"},
+               lambda: _supervisor(monitored["stack"]).supervisor.stopProcess("postgres"))
+
+
+def test_vault_sealed_alert_rulebook_playbook_recovers(monitored):
+    """Runbook section 3 "Vault sealed or unreachable": Vault is sealed (PUT /v1/sys/seal)."""
+    import ssl
+    import urllib.request
+    stack = monitored["stack"]
+
+    def seal():
+        req = urllib.request.Request(stack.vault_addr + "/v1/sys/seal", method="PUT",
+                                     headers={"X-Vault-Token": stack.vault_keys["root_token"]})
+        with urllib.request.urlopen(req, context=ssl.create_default_context(cafile=str(stack.ca_path)), timeout=10) as r:
+            assert r.status in (200, 204)
+    _hands_off(monitored, "vault_sealed", {"VaultSealed", "BrokerNotReady"}, seal)
+    with urllib.request.urlopen(stack.vault_addr + "/v1/sys/health",
+                                context=ssl.create_default_context(cafile=str(stack.ca_path)), timeout=10) as r:
+        assert r.status == 200 and json.loads(r.read())["sealed"] is False
