@@ -255,12 +255,15 @@ def _venv_fingerprint(extra: dict) -> tuple:
 
 
 @contextmanager
-def deployed_stack(name: str, extra: dict, verbosity: int = 0):
-    """Deploy a complete stack on free ports in a temp dir with `extra` vars; tear it down after."""
+def deployed_stack(name: str, extra: dict, verbosity: int = 0, ports: dict | None = None):
+    """Deploy a complete stack on free ports in a temp dir with `extra` vars; tear it down after.
+    `ports` fixes some of the PORT_VARS (e.g. the nginx HTTP port an ACME server validates on)."""
     base = Path(tempfile.mkdtemp(prefix=f"cullis-e2e-{name}-"))
     base.chmod(0o755)  # the postgres OS user must traverse it
     stack_dir = base / "stack"
-    ports = dict(zip(PORT_VARS, distinct_free_ports(len(PORT_VARS))))
+    fixed = dict(ports or {})
+    free = [p for p in distinct_free_ports(len(PORT_VARS) + len(fixed)) if p not in fixed.values()]
+    ports = {var: fixed[var] if var in fixed else free.pop(0) for var in PORT_VARS}
     inventory = write_inventory(base, stack_dir, ports)
     if "cullis_broker_venv" not in extra:
         for other in _DEPLOYED:  # content-equal venv already built this session: share it (read-only use)

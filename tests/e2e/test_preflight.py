@@ -4,7 +4,11 @@ No stack is deployed here: a temp inventory (inventories/local on free ports, th
 `write_inventory`) whose stack directory does not exist. Preflight is read-only, so every fault
 is injected around it: a real process listening on the broker's port, a free-space threshold
 larger than the disk, an inventory without the cullis_redis group, a public host name in the
-reserved `.invalid` domain (RFC 2606: never resolves). One run must report all four at once.
+reserved `.invalid` domain (RFC 2606: never resolves), a stack host reached over SSH on a port
+where nothing listens (unreachable), and a stack host whose clock is 10 minutes ahead (its Python,
+the one that runs the modules, reads the time through a `sitecustomize` that adds 600 s: the
+realtime clock itself cannot be shifted for one process without root-wide effects). One run must
+report all six at once.
 """
 from __future__ import annotations
 
@@ -51,6 +55,22 @@ def test_preflight_reports_every_problem_at_once_with_what_to_do(fresh):
     shutil.copytree(inventory, no_redis)
     hosts = yaml.safe_load((no_redis / "hosts.yml").read_text())
     del hosts["all"]["children"]["cullis_stack"]["children"]["cullis_redis"]
+    hosts["all"]["children"]["cullis_stack"]["children"]["cullis_postgres"]["hosts"]["localhost"][
+        "cullis_preflight_min_free_mb"] = 10 ** 9  # a host var: the clock-ahead host keeps the default
+    closed_port = distinct_free_ports(1)[0]
+    skew = base / "skew"
+    skew.mkdir(exist_ok=True)
+    (skew / "sitecustomize.py").write_text("import time\n_real = time.time\ntime.time = lambda: _real() + 600\n")
+    skewed_python = base / "python-clock-ahead"
+    skewed_python.write_text(f'#!/bin/sh\nPYTHONPATH={skew} exec {sys.executable} "$@"\n')
+    skewed_python.chmod(0o755)
+    hosts["all"]["children"]["cullis_stack"]["hosts"] = {
+        "unreachable-host": {"ansible_host": "127.0.0.1", "ansible_port": closed_port, "ansible_connection": "ssh",
+                             "ansible_user": "root", "cullis_address": "127.0.0.1",
+                             "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"},
+        "clock-ahead-host": {"ansible_connection": "local", "ansible_python_interpreter": str(skewed_python),
+                             "cullis_address": "127.0.0.1"},
+    }
     (no_redis / "hosts.yml").write_text(yaml.safe_dump(hosts))
     port = ports["cullis_broker_port"]
     squatter = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port)],
@@ -64,19 +84,21 @@ def test_preflight_reports_every_problem_at_once_with_what_to_do(fresh):
             time.sleep(0.1)
         assert squatter.poll() is None, "the squatter process could not bind the broker port"
         res = run_playbook("playbooks/preflight.yml", inventory=no_redis, extra_vars={
-            "cullis_preflight_min_free_mb": 10 ** 9,
             "cullis_broker_public_url": f"https://cullis-preflight.invalid:{ports['cullis_nginx_port']}"})
     finally:
         squatter.terminate()
         squatter.wait(timeout=10)
     assert res.rc != 0
     msg = _message(res)
-    assert "Preflight found 4 problem(s)" in msg, res.output[-3000:]
+    assert "Preflight found 6 problem(s)" in msg, res.output[-3000:]
     assert "group cullis_redis has no host" in msg and "add one under cullis_redis" in msg
     assert f"port {port} (broker) is already in use by process {squatter.pid}" in msg
     assert "Stop that process or set cullis_broker_port to a free port" in msg
     assert "MB needed (cullis_preflight_min_free_mb)" in msg and "move cullis_stack_dir" in msg
     assert "cullis-preflight.invalid of cullis_broker_public_url does not resolve" in msg
+    assert "unreachable-host: unreachable (" in msg and "Check the address, SSH access" in msg
+    assert "clock-ahead-host: clock is " in msg and " s ahead of the controller (max 30.0 s)" in msg
+    assert "Run NTP" in msg
     assert not (base / "stack").exists(), "preflight must change nothing"
 
 

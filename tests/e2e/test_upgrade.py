@@ -115,6 +115,12 @@ def snapshot(stack) -> dict:
                            f'FROM "{t}" x') for t in tables}
 
 
+def rows(stack) -> dict:
+    """{table: set of md5 of each row} of every table of the broker's schema."""
+    tables = psql(stack, "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1").split()
+    return {t: set(psql(stack, f'SELECT md5(x::text) FROM "{t}" x').split()) for t in tables}
+
+
 def revision(stack) -> str:
     return psql(stack, "SELECT string_agg(version_num, ',') FROM alembic_version")
 
@@ -184,32 +190,72 @@ def test_failed_migration_rolls_back_to_the_old_version_with_every_row(stack, tr
         cleanup_restore_leftovers(stack)
 
 
-def test_upgrade_to_a_release_with_one_more_migration_then_rerun_changes_nothing(stack, trees):
-    next_tree = str(trees["next"])
-    add_org(stack)
-    before = snapshot(stack)
+@pytest.fixture(scope="module")
+def back_to_broker_src(stack, trees):
+    """After the tests that leave the stack on the `next` tree: the extra migration downgraded by
+    its own tree's Alembic, then broker_src running again (upgrade.yml), as the other tests expect."""
+    yield
+    (trees["next"] / "app" / "main.py").write_text((REPO / "broker_src" / "app" / "main.py").read_text())
     try:
-        res = stack.run("playbooks/upgrade.yml", extra_vars={"cullis_broker_src": next_tree})
-        assert res.rc == 0, res.output[-4000:]
-        assert revision(stack) == NEXT_REV
-        assert health(stack)["version"] == "0.2.0-next"
-        assert running_tree(stack) == next_tree
-        after = snapshot(stack)
-        assert {t: v for t, v in after.items() if t not in ("alembic_version", "cullis_upgrade_probe")} == \
-            {t: v for t, v in before.items() if t != "alembic_version"}
-        done = "\n".join(res.task_results("Upgrade done")[0]["msg"])
-        assert f"{BASE_REV} -> {NEXT_REV}" in done and "Audit chain verified" in done
-        again = stack.run("playbooks/upgrade.yml", extra_vars={"cullis_broker_src": next_tree})
-        assert again.rc == 0 and again.changed == 0, again.output[-3000:]
-    finally:
-        # back to the stack as found: the extra migration downgraded by its own tree, broker_src running
         env = dict(os.environ, **{k: v for k, v in stack.env.items() if k == "DATABASE_URL"})
         venv = stack.extra_vars.get("cullis_broker_venv") or str(stack.dir / "broker" / "venv")
         if revision(stack) == NEXT_REV:
-            subprocess.run([f"{venv}/bin/alembic", "downgrade", BASE_REV], cwd=next_tree, env=env, check=True,
+            subprocess.run([f"{venv}/bin/alembic", "downgrade", BASE_REV], cwd=trees["next"], env=env, check=True,
                            capture_output=True)
         back = stack.run("playbooks/upgrade.yml", extra_vars={"cullis_broker_src": str(REPO / "broker_src")})
+    finally:
         cleanup_restore_leftovers(stack)
     assert back.rc == 0, back.output[-3000:]
     assert running_tree(stack) == str((REPO / "broker_src").resolve()) and revision(stack) == BASE_REV
     assert health(stack)["version"] == "0.1.0"
+
+
+def test_upgrade_to_a_release_with_one_more_migration_then_rerun_changes_nothing(stack, trees, back_to_broker_src):
+    next_tree = str(trees["next"])
+    add_org(stack)
+    before = rows(stack)
+    res = stack.run("playbooks/upgrade.yml", extra_vars={"cullis_broker_src": next_tree})
+    assert res.rc == 0, res.output[-4000:]
+    assert revision(stack) == NEXT_REV
+    assert health(stack)["version"] == "0.2.0-next"
+    assert running_tree(stack) == next_tree
+    # every row of before is still there (the verify's smoke login adds its own: probe org, audit rows)
+    after = rows(stack)
+    for table, hashes in before.items():
+        if table != "alembic_version":
+            assert hashes <= after[table], f"rows of {table} lost in the upgrade"
+    assert "cullis_upgrade_probe" in after
+    login = res.task_results("Smoke login - the probe agent logs in through the proxy and makes an authenticated call")
+    assert login and login[0]["logged_in"] is True and login[0]["claims"]["agent_id"] == "upgrade-probe::probe", login
+    done = "\n".join(res.task_results("Upgrade done")[0]["msg"])
+    assert f"{BASE_REV} -> {NEXT_REV}" in done and "Audit chain verified" in done
+    for secret in stack.secret_values():
+        assert secret not in res.output
+    again = stack.run("playbooks/upgrade.yml", extra_vars={"cullis_broker_src": next_tree})
+    assert again.rc == 0 and again.changed == 0, again.output[-3000:]
+
+
+def test_a_rollback_that_fails_too_reports_the_state_left_and_what_to_do(stack, trees, back_to_broker_src):
+    """The old code (the `next` tree the stack runs now) is made unstartable, then an upgrade to
+    `broken` fails its migration: the rollback cannot start the old broker. The run must fail with
+    a report naming both failures, the state left and what to do."""
+    if running_tree(stack) != str(trees["next"]):
+        pytest.skip("needs the stack on the `next` tree (left there by the previous test, which failed)")
+    main = trees["next"] / "app" / "main.py"
+    main.write_text('raise RuntimeError("upgrade test: the old code cannot start")\n' + main.read_text())
+    res = stack.run("playbooks/upgrade.yml", extra_vars={"cullis_broker_src": str(trees["broken"]),
+                                                         "cullis_broker_health_timeout": 20})
+    assert res.rc != 0, "a failed rollback must fail the run"
+    report = res.task_results("Upgrade failed and the rollback failed too")
+    assert report, res.output[-4000:]
+    text = "\n".join(report[0]["msg"])
+    assert "UPGRADE FAILED: " in text and "division by zero" in text, text
+    assert "ROLLBACK FAILED: localhost: " in text, text
+    assert f"configured for the OLD tree {trees['next']}" in text and "NOT verified serving" in text, text
+    assert "Database: untouched by the upgrade (no migration had changed it)" in text, text
+    assert "What to do: read the broker log" in text and "playbooks/incidents/broker_down.yml" in text, text
+    assert not any(r.get("failed") for r in res.task_results("Upgrade failed and was rolled back")), \
+        "reported a rollback that failed as done"
+    assert revision(stack) == NEXT_REV  # the failing migration rolled itself back; nothing restored
+    for secret in stack.secret_values():
+        assert secret not in res.output
