@@ -105,3 +105,45 @@ def test_redis_stopped_on_its_host(split_stack):
     first, again = run_twice(split_stack, "playbooks/incidents/redis_down.yml")
     assert_healthy(split_stack)
     assert_no_secret(split_stack, first, again)
+
+
+# ---- runbook section 1: broker killed on ONE of the two broker hosts ------------------------------
+
+def broker_pid(split_stack, host: str) -> str:
+    return split_stack.sh(host, f"{SUPERVISORCTL} pid broker").strip()
+
+
+def triage(split_stack, remediate: bool = False):
+    """triage.yml from the controller; returns (result, the JSON report it wrote on the controller)."""
+    reports = split_stack.controller_dir / "reports"
+    before = set(reports.glob("triage-*.json")) if reports.exists() else set()
+    res = split_stack.run("playbooks/triage.yml", extra_vars={"remediate": remediate} if remediate else None)
+    new = sorted(set(reports.glob("triage-*.json")) - before)
+    assert new, f"triage wrote no report (rc={res.rc}):\n{res.output[-3000:]}"
+    return res, json.loads(new[-1].read_text())
+
+
+def test_broker_killed_on_one_broker_host(split_stack):
+    """Runbook §1 (Exit 137, no OOM): kill -9 of the broker on broker2 only. Triage names broker_down
+    on broker2 (not broker1) with SIGKILL; triage -e remediate=true restarts the broker THERE only
+    (broker1's process untouched) and verifies through the proxy; broker_down.yml then changes nothing."""
+    pid1, pid2 = broker_pid(split_stack, "broker1"), broker_pid(split_stack, "broker2")
+    assert pid1 not in ("", "0") and pid2 not in ("", "0"), (pid1, pid2)
+    assert split_stack.bed.exec("broker2", ["kill", "-9", pid2]).rc == 0
+    wait(lambda: state(split_stack, "broker2", "broker") != "RUNNING", 30, "the broker on broker2 to die")
+
+    res, report = triage(split_stack, remediate=True)
+    assert res.rc == 0, res.output[-4000:]
+    found = {i["id"]: i for i in report["before"]["incidents"]}
+    assert "broker_down" in found, report["before"]["incidents"]
+    assert found["broker_down"]["host"] == "broker2"  # the host whose broker is down, not both
+    broker = report["before"]["snapshot"]["services_by_host"]["broker2"]["broker"]
+    assert broker["signal"] == "SIGKILL" and broker["exit_class"] == "killed", broker
+    assert report["before"]["snapshot"]["services_by_host"]["broker1"]["broker"]["running"] is True
+    assert "broker_down" in report["remediated"] and report["after"]["incidents"] == []
+    assert broker_pid(split_stack, "broker1") == pid1, "the healthy broker on broker1 was restarted"
+    assert broker_pid(split_stack, "broker2") not in ("", "0", pid2)
+    assert_healthy(split_stack)
+    again = split_stack.run("playbooks/incidents/broker_down.yml")
+    assert again.rc == 0 and again.changed == 0, (again.stats, again.output[-3000:])
+    assert_no_secret(split_stack, res, again)
