@@ -15,6 +15,8 @@ import urllib.request
 
 import pytest
 
+from testkit.testbed import _tar_of
+
 
 pytestmark = [pytest.mark.slow]
 
@@ -147,3 +149,37 @@ def test_broker_killed_on_one_broker_host(split_stack):
     again = split_stack.run("playbooks/incidents/broker_down.yml")
     assert again.rc == 0 and again.changed == 0, (again.stats, again.output[-3000:])
     assert_no_secret(split_stack, res, again)
+
+
+# ---- runbook section 5: the proxy's certificate expired ------------------------------------------
+
+def test_tls_certificate_expired_on_the_proxy(split_stack):
+    """Runbook §5 (self-signed mode): nginx on the proxy host serves an expired certificate (same key,
+    the stack's CA, dates in the past). tls_expired.yml sees it from the controller (served
+    certificate) and in nginx's file (read on the proxy, checked on the controller: the bare host's
+    cryptography is too old for tls_check), re-issues it ON the proxy, reloads nginx; rerun changed=0."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from testkit.pki import CA, now
+
+    tls = f"{STACK_DIR}/tls"
+    read = lambda name: split_stack.bed.exec("proxy", ["cat", f"{tls}/{name}"], check=True).output.encode()  # noqa: E731
+    ca = CA(key=serialization.load_pem_private_key(read("ca-key.pem"), None), cert=x509.load_pem_x509_certificate(read("ca.pem")))
+    nginx_key = serialization.load_pem_private_key(read("nginx-key.pem"), None)
+    host = split_stack.public_url.split("//")[1].rsplit(":", 1)[0]
+    expired = ca.issue(host, sans=[host], key=nginx_key, not_before=now() - dt.timedelta(days=45), days=30)
+    mode = split_stack.sh("proxy", f"stat -c %a {tls}/nginx.pem").strip()
+    split_stack.bed.hosts["proxy"].container.put_archive(tls, _tar_of({"nginx.pem": (expired.cert_pem, int(mode, 8))}))
+    split_stack.sh("proxy", f"{SUPERVISORCTL} signal HUP nginx")
+    wait(lambda: readyz(split_stack) == 0, 30, "nginx to serve the expired certificate")
+
+    first, again = run_twice(split_stack, "playbooks/incidents/tls_expired.yml")
+    assert "nginx_certificate_file | critical" in " ".join(first.output.split()), first.output[-4000:]
+    served = ssl.get_server_certificate((host, split_stack.ports["cullis_nginx_port"]))
+    new = x509.load_pem_x509_certificate(served.encode())
+    assert new.serial_number != expired.cert.serial_number and new.not_valid_after_utc > now() + dt.timedelta(days=30)
+    assert_healthy(split_stack)
+    assert_no_secret(split_stack, first, again)
