@@ -87,14 +87,25 @@ def test_postgres_stopped_on_its_host(split_stack):
     assert_no_secret(split_stack, first, again)
 
 
-def test_vault_sealed_on_its_host(split_stack):
+def test_vault_sealed_on_its_host(split_stack, tmp_path):
     """Runbook §3 (sealed): Vault sealed on its host; vault_sealed.yml unseals it with the keys file
-    kept on the controller (never copied to a host)."""
+    kept on the controller (never copied to a host). A copy of the keys file that others can read is
+    refused on the controller before any key is sent: Vault stays sealed, nothing changed."""
     keys_file = split_stack.controller_dir / "vault-keys.json"
     root = json.loads(keys_file.read_text())["root_token"]
     res = split_stack.bed.exec("vault", [f"/opt/cullis/openbao/bin/bao", "operator", "seal"], environment={
         "BAO_ADDR": "https://vault:8200", "BAO_CACERT": f"{STACK_DIR}/tls/ca.pem", "BAO_TOKEN": root})
     assert res.rc == 0, res.output
+    # the keys file is checked ON THE CONTROLLER (vault_unseal's action plugin): readable by others -> refused
+    loose = tmp_path / "vault-keys.json"
+    loose.write_bytes(keys_file.read_bytes())
+    loose.chmod(0o644)
+    refused = split_stack.run("playbooks/incidents/vault_sealed.yml", extra_vars={"vault_keys_file": str(loose)})
+    assert refused.rc != 0 and refused.changed == 0, refused.output[-3000:]
+    assert f"keys_file {loose}" in " ".join(refused.output.split()) and "insecure_keys_file" in refused.output
+    status = split_stack.bed.exec("vault", ["/opt/cullis/openbao/bin/bao", "status", "-format=json"], environment={
+        "BAO_ADDR": "https://vault:8200", "BAO_CACERT": f"{STACK_DIR}/tls/ca.pem"})
+    assert json.loads(status.output)["sealed"] is True, status.output
     first, again = run_twice(split_stack, "playbooks/incidents/vault_sealed.yml",
                              {"vault_keys_file": str(keys_file)})
     assert_healthy(split_stack)
