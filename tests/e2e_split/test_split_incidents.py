@@ -8,6 +8,7 @@ The incident playbooks are those of role cullis.broker.incident (merged from wip
 from __future__ import annotations
 
 import json
+import secrets
 import ssl
 import time
 import urllib.error
@@ -192,5 +193,47 @@ def test_tls_certificate_expired_on_the_proxy(split_stack):
     served = ssl.get_server_certificate((host, split_stack.ports["cullis_nginx_port"]))
     new = x509.load_pem_x509_certificate(served.encode())
     assert new.serial_number != expired.cert.serial_number and new.not_valid_after_utc > now() + dt.timedelta(days=30)
+    assert_healthy(split_stack)
+    assert_no_secret(split_stack, first, again)
+
+
+# ---- runbook section 7: admin lockout ----------------------------------------------------------
+
+def admin_status(split_stack, secret: str) -> int:
+    req = urllib.request.Request(f"{split_stack.public_url}/v1/registry/orgs", headers={"x-admin-secret": secret})
+    ctx = ssl.create_default_context(cafile=str(split_stack.controller_dir / "ca.pem"))
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=10) as resp:
+            return resp.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_admin_lockout_on_the_broker_hosts(split_stack):
+    """Runbook §7: the ADMIN_SECRET in the .env of both broker hosts is no longer the brokers' (lost).
+    Triage names admin_lockout on the broker hosts; admin_lockout.yml writes a new one into .env on
+    BOTH broker hosts (0600), resets the Vault admin state by CAS from the first broker host,
+    restarts both brokers; x-admin-secret answers 200 with the new secret; rerun changed=0."""
+    lost = "lost" + secrets.token_hex(16)
+    before = {b: split_stack.env_of(b) for b in ("broker1", "broker2")}
+    for broker in ("broker1", "broker2"):
+        split_stack.sh(broker, f"sed -i 's/^ADMIN_SECRET=.*/ADMIN_SECRET={lost}/' {STACK_DIR}/.env")
+    assert admin_status(split_stack, lost) in (401, 403)
+
+    _, report = triage(split_stack)
+    found = {i["id"]: i for i in report["before"]["incidents"]}
+    assert list(found) == ["admin_lockout"], report["before"]["incidents"]
+    assert found["admin_lockout"]["host"] == "broker1, broker2"
+
+    first, again = run_twice(split_stack, "playbooks/incidents/admin_lockout.yml")
+    after = {b: split_stack.env_of(b) for b in ("broker1", "broker2")}
+    new = after["broker1"]["ADMIN_SECRET"]
+    assert after["broker2"]["ADMIN_SECRET"] == new and new not in (lost, before["broker1"]["ADMIN_SECRET"])
+    for broker in ("broker1", "broker2"):  # nothing else in .env changed, mode kept
+        assert {k: v for k, v in after[broker].items() if k != "ADMIN_SECRET"} == \
+            {k: v for k, v in before[broker].items() if k != "ADMIN_SECRET"}
+        assert split_stack.sh(broker, f"stat -c %a {STACK_DIR}/.env").strip() == "600"
+    assert admin_status(split_stack, new) == 200
+    assert new not in first.output and lost not in first.output
     assert_healthy(split_stack)
     assert_no_secret(split_stack, first, again)
