@@ -237,3 +237,46 @@ def test_admin_lockout_on_the_broker_hosts(split_stack):
     assert new not in first.output and lost not in first.output
     assert_healthy(split_stack)
     assert_no_secret(split_stack, first, again)
+
+
+# ---- runbook section 6: org compromise ---------------------------------------------------------
+
+def test_org_compromise_on_split(split_stack, tmp_path):
+    """Runbook §6: an org onboarded through the proxy, with a live token, is contained by
+    org_compromise.yml from the controller (API/database calls from the first broker host, real
+    logins from the controller): certificates revoked, bindings revoked, token refused, org
+    suspended; rerun changed=0; the stack stays healthy (only this org is suspended)."""
+    from testkit.broker_orgs import admin_client, agent_session, login_error, onboard_org, org_secret, reset_rate_limits
+
+    env = split_stack.env_of("broker1")
+    url, ca, admin = split_stack.public_url, str(split_stack.controller_dir / "ca.pem"), env["ADMIN_SECRET"]
+    # the controller reaches Redis on the test bed network by the redis host's address
+    redis_url = env["REDIS_URL"].replace("@redis:", f"@{split_stack.bed.ip('redis')}:")
+    org, identity_dir = f"split-compromise-{secrets.token_hex(4)}", tmp_path / "ids"
+    onboarded = onboard_org(None, org, identity_dir, 3, redis_url, url=url, admin_secret=admin, ca_path=ca)
+    serials = {a["cert_serial_hex"] for a in onboarded["agents"]}
+    live = agent_session(url, identity_dir, "a02", ca)
+    live.login()
+    assert live.request("GET", "/v1/federation/agents").status == 200
+    reset_rate_limits(redis_url)
+
+    # two agents log in before and after the suspension (the broker allows 10 logins per minute per IP)
+    ev = {"org_id": org, "identity_dir": str(identity_dir), "cullis_compromise_login_sample": 2}
+    first, again = run_twice(split_stack, "playbooks/incidents/org_compromise.yml", ev)
+    client = admin_client(None, admin, url=url, ca_path=ca)
+    revoked = client.admin_get("/v1/admin/certs/revoked", query={"org_id": org}).json()
+    assert {r["serial_hex"] for r in revoked} == serials
+    assert client.admin_get(f"/v1/registry/orgs/{org}").json()["status"] == "suspended"
+    bindings = split_stack.bed.exec("postgres", [
+        "/usr/lib/postgresql/15/bin/psql", "-h", f"{STACK_DIR}/postgres/sock", "-p",
+        str(split_stack.ports["cullis_postgres_port"]), "-d", "agent_trust", "-Atq", "-c",
+        f"SELECT DISTINCT status FROM bindings WHERE org_id = '{org}'"], user="postgres")
+    assert bindings.rc == 0 and bindings.output.split() == ["revoked"], bindings.output
+    resp = live.request("GET", "/v1/federation/agents")
+    assert (resp.status, resp.detail) == (401, "Token has been revoked")
+    reset_rate_limits(redis_url)
+    assert login_error(url, identity_dir, "a01", ca) == (403, f"Organisation '{org}' not yet approved")
+    assert_healthy(split_stack)
+    assert_no_secret(split_stack, first, again)
+    for res in (first, again):
+        assert org_secret(identity_dir) not in res.output
