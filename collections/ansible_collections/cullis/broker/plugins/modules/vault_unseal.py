@@ -37,8 +37,11 @@ options:
     description:
       - Path to the JSON written by C(vault operator init -format=json) / C(bao operator init -format=json);
         the keys are read from C(unseal_keys_b64) (or C(keys_base64) of older Vault releases).
-      - The file is refused when it is readable or writable by group or others, unless
-        O(insecure_keys_file=true).
+      - Read B(on the controller) by the module's action plugin, whatever host the module runs on
+        (C(delegate_to) the Vault host). The keys reach the module through its no_log O(keys)
+        option; the file is never copied to a target.
+      - The file is refused when it is readable or writable by group or others (checked on the
+        controller), unless O(insecure_keys_file=true). Nothing is sent to Vault then.
       - In production the keys live in cold storage, not on the broker host; bring the file to the
         controller for the incident and remove it afterwards.
     type: path
