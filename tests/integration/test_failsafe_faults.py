@@ -677,7 +677,10 @@ def test_service_info_and_stack_service_faults(tmp_path):
         Case("missing stack dir", {"name": "broker", "state": "started", "stack_dir": str(tmp_path / "nope")}, "nope"),
         Case("bad state", {"name": "broker", "state": "paused", "stack_dir": str(empty)},
              "value of state must be one of"),
-        Case("compose runtime", {"name": "broker", "stack_dir": str(empty), "runtime": "compose"}, "compose"),
+        # the compose runtime exists (issue 12); with no engine at the address it names the engine
+        Case("compose runtime, no engine", {"name": "broker", "stack_dir": str(empty), "runtime": "compose",
+                                            "docker_host": f"unix://{tmp_path}/no-docker.sock"},
+             ("Docker engine", f"unix://{tmp_path}/no-docker.sock", "does not answer")),
     ]
     before = tree(empty)
     assert_cases(run_batch("service_info", info_cases), [])
