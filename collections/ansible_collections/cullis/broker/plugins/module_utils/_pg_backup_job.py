@@ -23,8 +23,7 @@ import zlib
 from ansible.module_utils.common.text.converters import to_native
 
 from ansible_collections.cullis.broker.plugins.module_utils._postgres import (
-    PostgresConnection, PostgresError, quote_ident, quote_literal, row_counts,
-    ROW_COUNT_QUERY)
+    PostgresConnection, PostgresError, compose, row_counts)
 from ansible_collections.cullis.broker.plugins.module_utils import _pg_backup as pb
 
 EXTENSIONS = {'custom': '.dump', 'plain': '.sql.gz', 'directory': '.dir'}
@@ -102,10 +101,8 @@ class PgBackup(object):
             os.makedirs(dest, 0o700)
         with pb.BackupLock(dest, db):
             self._remove_stale_partials(dest, db)
-            with self.conn.session(db) as s:
-                s.query("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;")
-                snapshot = s.query("SELECT pg_export_snapshot();")[0][0]
-                counts = dict((r[0], int(r[1])) for r in s.query(ROW_COUNT_QUERY))
+            with self.conn.pg_session(db) as s, s.snapshot() as (snapshot, cur):
+                counts = row_counts(s, cursor=cur)
                 if fmt == 'directory':
                     self._dump_directory(db, snapshot, final)
                     digest, size = pb.sha256_tree(final), pb.size_of(final)
@@ -329,7 +326,8 @@ class PgBackup(object):
             errf.close()
 
     def compare_counts(self, manifest, database):
-        counts = row_counts(self.conn, database)
+        with self.conn.pg_session(database) as s:
+            counts = row_counts(s)
         self.result['row_counts'] = counts
         expected = (manifest or {}).get('row_counts')
         if expected is None:
@@ -345,13 +343,13 @@ class PgBackup(object):
         self.plan.append("row counts of %d tables equal the manifest (%d rows)" % (len(counts), sum(counts.values())))
 
     def drop_database(self, name):
-        self.conn.psql("DROP DATABASE IF EXISTS %s WITH (FORCE);" % quote_ident(name))
+        self.conn.execute(compose("DROP DATABASE IF EXISTS {} WITH (FORCE)", name))
 
     def create_database(self, name, owner):
-        sql = "CREATE DATABASE %s TEMPLATE template0 ENCODING 'UTF8'" % quote_ident(name)
         if owner:
-            sql += " OWNER %s" % quote_ident(owner)
-        self.conn.psql(sql + ";")
+            self.conn.execute(compose("CREATE DATABASE {} TEMPLATE template0 ENCODING 'UTF8' OWNER {}", name, owner))
+        else:
+            self.conn.execute(compose("CREATE DATABASE {} TEMPLATE template0 ENCODING 'UTF8'", name))
 
     def new_name(self, base, tag, stamp):
         name = '%s_%s_%s' % (base, tag, stamp)
@@ -403,37 +401,45 @@ class PgBackup(object):
             raise
         if exists:
             self.result['terminated_connections'] = self.swap_out(target, previous)
-        self.conn.psql("ALTER DATABASE %s RENAME TO %s;" % (quote_ident(staging), quote_ident(target)))
+        self.conn.execute(compose("ALTER DATABASE {} RENAME TO {}", staging, target))
         self.plan.append("database %s now holds the backup of %s" % (target, self.result['backup_time']))
 
     def swap_out(self, target, previous):
         """Block new sessions, terminate the others, rename the live database away."""
-        t = quote_ident(target)
-        blocked = self.conn.psql("ALTER DATABASE %s ALLOW_CONNECTIONS false;" % t, check=False) is not None
-        if not blocked:
-            self.conn.psql("ALTER DATABASE %s CONNECTION LIMIT 0;" % t)
-        terminated = 0
-        last_err = None
-        for _attempt in range(20):
-            rows = self.conn.psql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %s "
-                                  "AND pid <> pg_backend_pid();" % quote_literal(target))
-            terminated += int(rows[0][0])
+        with self.conn.pg_session() as s:
             try:
-                self.conn.psql("ALTER DATABASE %s RENAME TO %s;" % (t, quote_ident(previous)))
-                break
-            except PostgresError as e:
-                last_err = e
-                time.sleep(0.25)
-        else:
-            self.conn.psql("ALTER DATABASE %s %s;" % (t, 'ALLOW_CONNECTIONS true' if blocked else 'CONNECTION LIMIT -1'),
-                           check=False)
-            raise pb.BackupError("could not rename %s away (sessions keep reconnecting?): %s; the restored copy "
-                                 "was left in place for inspection" % (target, last_err))
-        self.conn.psql("ALTER DATABASE %s %s;" % (quote_ident(previous),
-                                                  'ALLOW_CONNECTIONS true' if blocked else 'CONNECTION LIMIT -1'),
-                       check=False)
+                s.execute(compose("ALTER DATABASE {} ALLOW_CONNECTIONS false", target))
+                blocked = True
+            except PostgresError:
+                s.execute(compose("ALTER DATABASE {} CONNECTION LIMIT 0", target))
+                blocked = False
+            reopen = "ALTER DATABASE {} ALLOW_CONNECTIONS true" if blocked else "ALTER DATABASE {} CONNECTION LIMIT -1"
+            terminated = 0
+            last_err = None
+            for _attempt in range(20):
+                terminated += s.value("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                      "WHERE datname = %s AND pid <> pg_backend_pid()", (target,))
+                try:
+                    s.execute(compose("ALTER DATABASE {} RENAME TO {}", target, previous))
+                    break
+                except PostgresError as e:
+                    last_err = e
+                    time.sleep(0.25)
+            else:
+                self._try(s, compose(reopen, target))
+                raise pb.BackupError("could not rename %s away (sessions keep reconnecting?): %s; the restored copy "
+                                     "was left in place for inspection" % (target, last_err))
+            self._try(s, compose(reopen, previous))
         self.plan.append("terminated %d other session(s) on %s and kept it as %s" % (terminated, target, previous))
         return terminated
+
+    @staticmethod
+    def _try(session, statement):
+        """Best effort (re-allowing connections): a failure here must not hide the outcome."""
+        try:
+            session.execute(statement)
+        except PostgresError:
+            pass
 
     # -- verified ------------------------------------------------------------------------------
     def verify(self):
