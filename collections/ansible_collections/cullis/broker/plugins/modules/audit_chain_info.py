@@ -17,6 +17,9 @@ description:
     C(audit_archive) recorded when older rows were archived (C(cullis_ops.audit_anchors)).
   - Reports the number of rows and orgs and the problems found (gaps, broken links, hash mismatches);
     never changes anything. Used after an upgrade to prove the migrations kept the audit history intact.
+requirements:
+  - psycopg2 (Debian C(python3-psycopg2)) on the host the module runs on; the C(cullis.broker.postgres) role
+    installs it on database hosts.
 author: Cullis operations team (!UNKNOWN)
 extends_documentation_fragment:
   - cullis.broker.postgres
