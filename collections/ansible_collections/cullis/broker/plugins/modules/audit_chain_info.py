@@ -10,7 +10,7 @@ __metaclass__ = type
 DOCUMENTATION = r"""
 module: audit_chain_info
 short_description: Verify the broker's live audit hash chains in PostgreSQL (read-only)
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - Reads every row of the broker's C(audit_log) (org by org, in C(chain_seq) order) and recomputes
     each C(entry_hash) (format v2) and each C(previous_hash) link, from genesis or from the anchor
