@@ -5,36 +5,27 @@
 
 Not a public API of the collection. plugins/modules/pg_backup.py keeps the documentation and the
 argument handling and calls PgBackup(module).<state>(); the low-level pieces (encryption, atomic
-writes, manifests, retention) are in module_utils/_pg_backup.py.
+writes, manifests, retention) are in module_utils/_pg_backup.py, the byte streams to and from
+pg_dump/pg_restore/psql in module_utils/_pg_dump_io.py.
 """
 
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import gzip
 import os
 import socket
-import subprocess
-import tempfile
 import time
-import zlib
 
 from ansible.module_utils.common.text.converters import to_native
 
 from ansible_collections.cullis.broker.plugins.module_utils._postgres import (
     PostgresConnection, PostgresError, compose, row_counts)
 from ansible_collections.cullis.broker.plugins.module_utils import _pg_backup as pb
+from ansible_collections.cullis.broker.plugins.module_utils import _pg_dump_io as pio
 
 EXTENSIONS = {'custom': '.dump', 'plain': '.sql.gz', 'directory': '.dir'}
 MAX_IDENT = 63
-
-
-def _stderr_tail(f, conn, limit=2000):
-    f.seek(0)
-    text = f.read().decode('utf-8', 'replace')
-    text = conn.scrub(text).strip()
-    return text[-limit:]
 
 
 def detect_format(path, manifest):
@@ -104,10 +95,11 @@ class PgBackup(object):
             with self.conn.pg_session(db) as s, s.snapshot() as (snapshot, cur):
                 counts = row_counts(s, cursor=cur)
                 if fmt == 'directory':
-                    self._dump_directory(db, snapshot, final)
+                    pio.dump_directory(self.conn, db, snapshot, final, self.p['compress_level'], self.p['jobs'])
                     digest, size = pb.sha256_tree(final), pb.size_of(final)
                 else:
-                    digest, size = self._dump_stream(db, snapshot, final, fmt)
+                    digest, size = pio.dump_stream(self.conn, self.key, db, snapshot, final, fmt,
+                                                   self.p['compress_level'])
             end = time.time()
             manifest = dict(
                 kind=pb.MANIFEST_KIND, database=db, format=fmt, file=name, size=size, sha256=digest,
@@ -132,68 +124,6 @@ class PgBackup(object):
             if name.startswith(prefix) and '.partial-' in name:
                 pb.remove_path(os.path.join(dest, name))
                 self.plan.append("removed stale partial file %s left by an interrupted run" % name)
-
-    def _dump_stream(self, db, snapshot, final, fmt):
-        level = self.p['compress_level']
-        args = ['--snapshot=' + snapshot, '--no-password']
-        args += ['-Fc', '-Z', str(level)] if fmt == 'custom' else ['-Fp']
-        args += self.conn.conn_args(db)
-        errf = tempfile.TemporaryFile()
-        proc = self.conn.popen('pg_dump', args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errf)
-        ok = False
-        try:
-            with pb.AtomicFile(final) as af:
-                hw = pb.HashingWriter(af)
-                enc = pb.Encryptor(self.key, hw) if self.key else None
-                sink = enc or hw
-                gz = gzip.GzipFile(filename='', mode='wb', fileobj=sink, compresslevel=level, mtime=0) \
-                    if fmt == 'plain' else None
-                out = gz or sink
-                for block in iter(lambda: proc.stdout.read(pb.READ_SIZE), b''):
-                    out.write(block)
-                rc = proc.wait()
-                if rc != 0:
-                    raise pb.BackupError("pg_dump of %s exited with status %s, no backup was written: %s"
-                                         % (db, rc, _stderr_tail(errf, self.conn)))
-                if gz:
-                    gz.close()
-                if enc:
-                    enc.close()
-                af.commit()
-                ok = True
-        except (IOError, OSError) as e:
-            raise pb.BackupError("backup of %s failed, no partial file was left: %s"
-                                 % (db, pb.describe_os_error(e, os.path.dirname(final))))
-        finally:
-            if not ok and proc.poll() is None:
-                proc.kill()
-            if proc.poll() is None:
-                proc.wait()
-            errf.close()
-        return hw.hash.hexdigest(), hw.size
-
-    def _dump_directory(self, db, snapshot, final):
-        tmp = tempfile.mkdtemp(prefix='.%s.partial-' % os.path.basename(final), dir=os.path.dirname(final))
-        errf = tempfile.TemporaryFile()
-        try:
-            args = ['--snapshot=' + snapshot, '--no-password', '-Fd', '-Z', str(self.p['compress_level']),
-                    '-j', str(self.p['jobs']), '-f', tmp] + self.conn.conn_args(db)
-            proc = self.conn.popen('pg_dump', args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                   stderr=errf)
-            rc = proc.wait()
-            if rc != 0:
-                raise pb.BackupError("pg_dump of %s exited with status %s, no backup was written: %s"
-                                     % (db, rc, _stderr_tail(errf, self.conn)))
-            pb.fsync_tree(tmp)
-            os.rename(tmp, final)
-            pb.fsync_dir(os.path.dirname(final))
-        except (IOError, OSError) as e:
-            raise pb.BackupError("backup of %s failed, no partial file was left: %s"
-                                 % (db, pb.describe_os_error(e, os.path.dirname(final))))
-        finally:
-            if os.path.exists(tmp):
-                pb.remove_path(tmp)
-            errf.close()
 
     # -- selection and integrity ----------------------------------------------------------------
     def select(self, prefer_verified=True):
@@ -237,7 +167,7 @@ class PgBackup(object):
             return fmt, False
         # full read: authenticates every chunk and checks gzip CRC / length before any restore
         try:
-            for _block in self.plain_stream(path, fmt, encrypted):
+            for _block in pio.plain_stream(self.key, path, fmt, encrypted):
                 pass
         except pb.AuthenticationFailed as e:
             if manifest:
@@ -252,78 +182,9 @@ class PgBackup(object):
             self.plan.append("gzip stream of %s is complete (CRC and length match)" % name)
         return fmt, encrypted
 
-    def plain_stream(self, path, fmt, encrypted):
-        """Yield the bytes pg_restore/psql must read (decrypted, gunzipped for plain)."""
-        with open(path, 'rb') as f:
-            blocks = pb.decrypt_chunks(self.key, f, os.path.basename(path)) if encrypted else \
-                iter(lambda: f.read(pb.READ_SIZE), b'')
-            if fmt != 'plain':
-                yield from blocks
-                return
-            d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            for b in blocks:
-                while b:
-                    out = d.decompress(b)
-                    if out:
-                        yield out
-                    if d.eof:
-                        b = d.unused_data
-                        if b.strip(b'\0'):
-                            d = zlib.decompressobj(16 + zlib.MAX_WBITS)  # concatenated gzip members
-                            continue
-                    break
-            if not d.eof:
-                raise pb.BackupError("%s is truncated: the gzip stream ends early" % os.path.basename(path))
-            tail = d.flush()
-            if tail:
-                yield tail
-
-    # -- restore into a database ----------------------------------------------------------------
     def restore_into(self, path, fmt, encrypted, database):
-        errf = tempfile.TemporaryFile()
-        try:
-            if fmt in ('plain', 'sql'):
-                args = ['-X', '-q', '-v', 'ON_ERROR_STOP=1', '--single-transaction', '--no-password'] + \
-                    self.conn.conn_args(database)
-                proc = self.conn.popen('psql', args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errf)
-                source = self.plain_stream(path, fmt, encrypted) if fmt == 'plain' else \
-                    self.plain_stream(path, 'custom', encrypted)
-            else:
-                args = ['--exit-on-error', '--no-password', '-d', database]
-                args += self.conn.conn_args(database)[:-2]
-                if self.p['no_owner']:
-                    args.append('--no-owner')
-                if encrypted:
-                    proc = self.conn.popen('pg_restore', args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                           stderr=errf)
-                    source = self.plain_stream(path, fmt, encrypted)
-                else:
-                    if self.p['jobs'] > 1:
-                        args += ['-j', str(self.p['jobs'])]
-                    proc = self.conn.popen('pg_restore', args + [path], stdin=subprocess.DEVNULL,
-                                           stdout=subprocess.DEVNULL, stderr=errf)
-                    source = None
-            if source is not None:
-                try:
-                    for block in source:
-                        proc.stdin.write(block)
-                except (IOError, OSError):
-                    pass  # the restore program died; its status and stderr tell why
-                except Exception:
-                    proc.kill()
-                    proc.wait()
-                    raise
-                finally:
-                    try:
-                        proc.stdin.close()
-                    except (IOError, OSError):
-                        pass
-            rc = proc.wait()
-            if rc != 0:
-                raise pb.BackupError("restore of %s into database %s failed (exit %s), every SQL error is fatal: %s"
-                                     % (os.path.basename(path), database, rc, _stderr_tail(errf, self.conn)))
-        finally:
-            errf.close()
+        pio.restore_into(self.conn, self.key, path, fmt, encrypted, database, jobs=self.p['jobs'],
+                         no_owner=self.p['no_owner'])
 
     def compare_counts(self, manifest, database):
         with self.conn.pg_session(database) as s:

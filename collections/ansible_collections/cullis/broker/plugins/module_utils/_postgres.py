@@ -136,12 +136,6 @@ class PostgresConnection(object):
     def popen(self, program, args, **kwargs):
         return self.executor.popen(program, args, self.env(), **kwargs)
 
-    def run(self, program, args, stdin_data=None):
-        proc = self.popen(program, args, stdin=subprocess.PIPE if stdin_data is not None else subprocess.DEVNULL,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        out, err = proc.communicate(stdin_data)
-        return proc.returncode, out, self.scrub(err)
-
     # -- psycopg2: bound parameters ------------------------------------------------------------
     def connect(self, database=None):
         """A psycopg2 connection (autocommit) to `database`; errors are PostgresError without the password."""
