@@ -107,6 +107,31 @@ def test_second_archive_as_table_owner_continues_from_the_anchor(pg, db, tmp_pat
     assert not verify.failed, verify.result.get("msg")
 
 
+def chain_info(pg, db):
+    res = run_module("audit_chain_info", dict(login_host="127.0.0.1", login_port=pg.port, login_user=pg.user,
+                                              login_password=pg.password, database=db))
+    assert not res.failed, res.result.get("msg")
+    assert not res.changed and pg.password not in res.output
+    return res.result
+
+
+def test_audit_chain_info_verifies_live_chain_from_anchor_and_names_tampering(pg, db, tmp_path):
+    """Upgrade verify (runbook §2 Recover 2 archives first): audit_chain_info reads audit_log through
+    psycopg2 (server-side cursor), verifies from genesis, then from the anchor audit_archive left,
+    and names the row whose hash no longer matches after a superuser edits it behind the trigger."""
+    full = chain_info(pg, db)
+    assert (full["verified"], full["rows"], full["orgs"], full["problems"]) == (True, 50, 2, [])
+    assert not archive(pg, db, older_than_days=31, dest=str(tmp_path / "cold")).failed
+    anchored = chain_info(pg, db)
+    assert (anchored["verified"], anchored["rows"], anchored["orgs"]) == (True, 20, 2)
+    pg.psql("SET session_replication_role = replica; "
+            "UPDATE audit_log SET result = 'denied' WHERE org_id = 'org1' AND chain_seq = 20", db=db)
+    tampered = chain_info(pg, db)
+    assert not tampered["verified"] and tampered["rows"] == 20
+    assert any(p.startswith("org1") and "20" in p for p in tampered["problems"]), tampered["problems"]
+    assert not any(p.startswith("org0") for p in tampered["problems"]), tampered["problems"]
+
+
 HOSTILE = "o'rg\"; DELETE FROM audit_log; --"
 
 

@@ -137,6 +137,7 @@ def test_every_module_in_check_mode_changes_nothing(broker, pg_server, redis_ser
         ("host_preflight_info", dict(ports=[pg_server.port], stack_dir=str(work), paths=[str(work)],
                                      resolve=["localhost"]), False),
         ("stack_info", dict(stack_dir=str(work)), False),
+        ("disk_usage_info", dict(paths=[str(work)], directories=[str(work)]), False),
         ("service_info", dict(stack_dir=str(work), log_lines=0), False),
         ("stack_service", dict(stack_dir=str(work), name="broker", state="started"), True),
     ]

@@ -18,6 +18,8 @@ import platform
 import socket
 import time
 
+from ansible_collections.cullis.broker.plugins.module_utils._disk import filesystem_usage
+
 _LISTEN = '0A'
 
 
@@ -139,22 +141,9 @@ def port_listeners(ports, stack_dir=None):
 
 
 def free_space(paths):
-    """[{path, checked, free_mb, total_mb, used_percent}]: space on the filesystem that will hold
-    each path. used_percent is df's "Use%": used / (used + available to unprivileged users), so a
-    service that does not run as root (PostgreSQL) sees its disk full at 100 %, root's reserve aside."""
-    out = []
-    for path in paths:
-        probe = os.path.abspath(path)
-        while not os.path.exists(probe) and probe != os.path.dirname(probe):
-            probe = os.path.dirname(probe)
-        st = os.statvfs(probe)
-        used = (st.f_blocks - st.f_bfree) * st.f_frsize
-        usable = used + st.f_bavail * st.f_frsize
-        out.append({'path': path, 'checked': probe,
-                    'free_mb': int(st.f_bavail * st.f_frsize // (1024 * 1024)),
-                    'total_mb': int(st.f_blocks * st.f_frsize // (1024 * 1024)),
-                    'used_percent': round(100.0 * used / usable, 1) if usable else 0.0})
-    return out
+    """[_disk.filesystem_usage(path)] for each path: the filesystem that will hold it (df's figures,
+    used_percent = df's Use%, see module_utils/_disk.py)."""
+    return [filesystem_usage(path) for path in paths]
 
 
 def resolve(names):

@@ -5,37 +5,27 @@
 
 Not a public API of the collection. plugins/modules/pg_backup.py keeps the documentation and the
 argument handling and calls PgBackup(module).<state>(); the low-level pieces (encryption, atomic
-writes, manifests, retention) are in module_utils/_pg_backup.py.
+writes, manifests, retention) are in module_utils/_pg_backup.py, the byte streams to and from
+pg_dump/pg_restore/psql in module_utils/_pg_dump_io.py.
 """
 
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import gzip
 import os
 import socket
-import subprocess
-import tempfile
 import time
-import zlib
 
 from ansible.module_utils.common.text.converters import to_native
 
 from ansible_collections.cullis.broker.plugins.module_utils._postgres import (
-    PostgresConnection, PostgresError, quote_ident, quote_literal, row_counts,
-    ROW_COUNT_QUERY)
+    PostgresConnection, PostgresError, compose, row_counts)
 from ansible_collections.cullis.broker.plugins.module_utils import _pg_backup as pb
+from ansible_collections.cullis.broker.plugins.module_utils import _pg_dump_io as pio
 
 EXTENSIONS = {'custom': '.dump', 'plain': '.sql.gz', 'directory': '.dir'}
 MAX_IDENT = 63
-
-
-def _stderr_tail(f, conn, limit=2000):
-    f.seek(0)
-    text = f.read().decode('utf-8', 'replace')
-    text = conn.scrub(text).strip()
-    return text[-limit:]
 
 
 def detect_format(path, manifest):
@@ -102,15 +92,14 @@ class PgBackup(object):
             os.makedirs(dest, 0o700)
         with pb.BackupLock(dest, db):
             self._remove_stale_partials(dest, db)
-            with self.conn.session(db) as s:
-                s.query("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;")
-                snapshot = s.query("SELECT pg_export_snapshot();")[0][0]
-                counts = dict((r[0], int(r[1])) for r in s.query(ROW_COUNT_QUERY))
+            with self.conn.pg_session(db) as s, s.snapshot() as (snapshot, cur):
+                counts = row_counts(s, cursor=cur)
                 if fmt == 'directory':
-                    self._dump_directory(db, snapshot, final)
+                    pio.dump_directory(self.conn, db, snapshot, final, self.p['compress_level'], self.p['jobs'])
                     digest, size = pb.sha256_tree(final), pb.size_of(final)
                 else:
-                    digest, size = self._dump_stream(db, snapshot, final, fmt)
+                    digest, size = pio.dump_stream(self.conn, self.key, db, snapshot, final, fmt,
+                                                   self.p['compress_level'])
             end = time.time()
             manifest = dict(
                 kind=pb.MANIFEST_KIND, database=db, format=fmt, file=name, size=size, sha256=digest,
@@ -135,68 +124,6 @@ class PgBackup(object):
             if name.startswith(prefix) and '.partial-' in name:
                 pb.remove_path(os.path.join(dest, name))
                 self.plan.append("removed stale partial file %s left by an interrupted run" % name)
-
-    def _dump_stream(self, db, snapshot, final, fmt):
-        level = self.p['compress_level']
-        args = ['--snapshot=' + snapshot, '--no-password']
-        args += ['-Fc', '-Z', str(level)] if fmt == 'custom' else ['-Fp']
-        args += self.conn.conn_args(db)
-        errf = tempfile.TemporaryFile()
-        proc = self.conn.popen('pg_dump', args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errf)
-        ok = False
-        try:
-            with pb.AtomicFile(final) as af:
-                hw = pb.HashingWriter(af)
-                enc = pb.Encryptor(self.key, hw) if self.key else None
-                sink = enc or hw
-                gz = gzip.GzipFile(filename='', mode='wb', fileobj=sink, compresslevel=level, mtime=0) \
-                    if fmt == 'plain' else None
-                out = gz or sink
-                for block in iter(lambda: proc.stdout.read(pb.READ_SIZE), b''):
-                    out.write(block)
-                rc = proc.wait()
-                if rc != 0:
-                    raise pb.BackupError("pg_dump of %s exited with status %s, no backup was written: %s"
-                                         % (db, rc, _stderr_tail(errf, self.conn)))
-                if gz:
-                    gz.close()
-                if enc:
-                    enc.close()
-                af.commit()
-                ok = True
-        except (IOError, OSError) as e:
-            raise pb.BackupError("backup of %s failed, no partial file was left: %s"
-                                 % (db, pb.describe_os_error(e, os.path.dirname(final))))
-        finally:
-            if not ok and proc.poll() is None:
-                proc.kill()
-            if proc.poll() is None:
-                proc.wait()
-            errf.close()
-        return hw.hash.hexdigest(), hw.size
-
-    def _dump_directory(self, db, snapshot, final):
-        tmp = tempfile.mkdtemp(prefix='.%s.partial-' % os.path.basename(final), dir=os.path.dirname(final))
-        errf = tempfile.TemporaryFile()
-        try:
-            args = ['--snapshot=' + snapshot, '--no-password', '-Fd', '-Z', str(self.p['compress_level']),
-                    '-j', str(self.p['jobs']), '-f', tmp] + self.conn.conn_args(db)
-            proc = self.conn.popen('pg_dump', args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                   stderr=errf)
-            rc = proc.wait()
-            if rc != 0:
-                raise pb.BackupError("pg_dump of %s exited with status %s, no backup was written: %s"
-                                     % (db, rc, _stderr_tail(errf, self.conn)))
-            pb.fsync_tree(tmp)
-            os.rename(tmp, final)
-            pb.fsync_dir(os.path.dirname(final))
-        except (IOError, OSError) as e:
-            raise pb.BackupError("backup of %s failed, no partial file was left: %s"
-                                 % (db, pb.describe_os_error(e, os.path.dirname(final))))
-        finally:
-            if os.path.exists(tmp):
-                pb.remove_path(tmp)
-            errf.close()
 
     # -- selection and integrity ----------------------------------------------------------------
     def select(self, prefer_verified=True):
@@ -240,7 +167,7 @@ class PgBackup(object):
             return fmt, False
         # full read: authenticates every chunk and checks gzip CRC / length before any restore
         try:
-            for _block in self.plain_stream(path, fmt, encrypted):
+            for _block in pio.plain_stream(self.key, path, fmt, encrypted):
                 pass
         except pb.AuthenticationFailed as e:
             if manifest:
@@ -255,81 +182,13 @@ class PgBackup(object):
             self.plan.append("gzip stream of %s is complete (CRC and length match)" % name)
         return fmt, encrypted
 
-    def plain_stream(self, path, fmt, encrypted):
-        """Yield the bytes pg_restore/psql must read (decrypted, gunzipped for plain)."""
-        with open(path, 'rb') as f:
-            blocks = pb.decrypt_chunks(self.key, f, os.path.basename(path)) if encrypted else \
-                iter(lambda: f.read(pb.READ_SIZE), b'')
-            if fmt != 'plain':
-                yield from blocks
-                return
-            d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            for b in blocks:
-                while b:
-                    out = d.decompress(b)
-                    if out:
-                        yield out
-                    if d.eof:
-                        b = d.unused_data
-                        if b.strip(b'\0'):
-                            d = zlib.decompressobj(16 + zlib.MAX_WBITS)  # concatenated gzip members
-                            continue
-                    break
-            if not d.eof:
-                raise pb.BackupError("%s is truncated: the gzip stream ends early" % os.path.basename(path))
-            tail = d.flush()
-            if tail:
-                yield tail
-
-    # -- restore into a database ----------------------------------------------------------------
     def restore_into(self, path, fmt, encrypted, database):
-        errf = tempfile.TemporaryFile()
-        try:
-            if fmt in ('plain', 'sql'):
-                args = ['-X', '-q', '-v', 'ON_ERROR_STOP=1', '--single-transaction', '--no-password'] + \
-                    self.conn.conn_args(database)
-                proc = self.conn.popen('psql', args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errf)
-                source = self.plain_stream(path, fmt, encrypted) if fmt == 'plain' else \
-                    self.plain_stream(path, 'custom', encrypted)
-            else:
-                args = ['--exit-on-error', '--no-password', '-d', database]
-                args += self.conn.conn_args(database)[:-2]
-                if self.p['no_owner']:
-                    args.append('--no-owner')
-                if encrypted:
-                    proc = self.conn.popen('pg_restore', args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                           stderr=errf)
-                    source = self.plain_stream(path, fmt, encrypted)
-                else:
-                    if self.p['jobs'] > 1:
-                        args += ['-j', str(self.p['jobs'])]
-                    proc = self.conn.popen('pg_restore', args + [path], stdin=subprocess.DEVNULL,
-                                           stdout=subprocess.DEVNULL, stderr=errf)
-                    source = None
-            if source is not None:
-                try:
-                    for block in source:
-                        proc.stdin.write(block)
-                except (IOError, OSError):
-                    pass  # the restore program died; its status and stderr tell why
-                except Exception:
-                    proc.kill()
-                    proc.wait()
-                    raise
-                finally:
-                    try:
-                        proc.stdin.close()
-                    except (IOError, OSError):
-                        pass
-            rc = proc.wait()
-            if rc != 0:
-                raise pb.BackupError("restore of %s into database %s failed (exit %s), every SQL error is fatal: %s"
-                                     % (os.path.basename(path), database, rc, _stderr_tail(errf, self.conn)))
-        finally:
-            errf.close()
+        pio.restore_into(self.conn, self.key, path, fmt, encrypted, database, jobs=self.p['jobs'],
+                         no_owner=self.p['no_owner'])
 
     def compare_counts(self, manifest, database):
-        counts = row_counts(self.conn, database)
+        with self.conn.pg_session(database) as s:
+            counts = row_counts(s)
         self.result['row_counts'] = counts
         expected = (manifest or {}).get('row_counts')
         if expected is None:
@@ -345,13 +204,13 @@ class PgBackup(object):
         self.plan.append("row counts of %d tables equal the manifest (%d rows)" % (len(counts), sum(counts.values())))
 
     def drop_database(self, name):
-        self.conn.psql("DROP DATABASE IF EXISTS %s WITH (FORCE);" % quote_ident(name))
+        self.conn.execute(compose("DROP DATABASE IF EXISTS {} WITH (FORCE)", name))
 
     def create_database(self, name, owner):
-        sql = "CREATE DATABASE %s TEMPLATE template0 ENCODING 'UTF8'" % quote_ident(name)
         if owner:
-            sql += " OWNER %s" % quote_ident(owner)
-        self.conn.psql(sql + ";")
+            self.conn.execute(compose("CREATE DATABASE {} TEMPLATE template0 ENCODING 'UTF8' OWNER {}", name, owner))
+        else:
+            self.conn.execute(compose("CREATE DATABASE {} TEMPLATE template0 ENCODING 'UTF8'", name))
 
     def new_name(self, base, tag, stamp):
         name = '%s_%s_%s' % (base, tag, stamp)
@@ -403,37 +262,45 @@ class PgBackup(object):
             raise
         if exists:
             self.result['terminated_connections'] = self.swap_out(target, previous)
-        self.conn.psql("ALTER DATABASE %s RENAME TO %s;" % (quote_ident(staging), quote_ident(target)))
+        self.conn.execute(compose("ALTER DATABASE {} RENAME TO {}", staging, target))
         self.plan.append("database %s now holds the backup of %s" % (target, self.result['backup_time']))
 
     def swap_out(self, target, previous):
         """Block new sessions, terminate the others, rename the live database away."""
-        t = quote_ident(target)
-        blocked = self.conn.psql("ALTER DATABASE %s ALLOW_CONNECTIONS false;" % t, check=False) is not None
-        if not blocked:
-            self.conn.psql("ALTER DATABASE %s CONNECTION LIMIT 0;" % t)
-        terminated = 0
-        last_err = None
-        for _attempt in range(20):
-            rows = self.conn.psql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %s "
-                                  "AND pid <> pg_backend_pid();" % quote_literal(target))
-            terminated += int(rows[0][0])
+        with self.conn.pg_session() as s:
             try:
-                self.conn.psql("ALTER DATABASE %s RENAME TO %s;" % (t, quote_ident(previous)))
-                break
-            except PostgresError as e:
-                last_err = e
-                time.sleep(0.25)
-        else:
-            self.conn.psql("ALTER DATABASE %s %s;" % (t, 'ALLOW_CONNECTIONS true' if blocked else 'CONNECTION LIMIT -1'),
-                           check=False)
-            raise pb.BackupError("could not rename %s away (sessions keep reconnecting?): %s; the restored copy "
-                                 "was left in place for inspection" % (target, last_err))
-        self.conn.psql("ALTER DATABASE %s %s;" % (quote_ident(previous),
-                                                  'ALLOW_CONNECTIONS true' if blocked else 'CONNECTION LIMIT -1'),
-                       check=False)
+                s.execute(compose("ALTER DATABASE {} ALLOW_CONNECTIONS false", target))
+                blocked = True
+            except PostgresError:
+                s.execute(compose("ALTER DATABASE {} CONNECTION LIMIT 0", target))
+                blocked = False
+            reopen = "ALTER DATABASE {} ALLOW_CONNECTIONS true" if blocked else "ALTER DATABASE {} CONNECTION LIMIT -1"
+            terminated = 0
+            last_err = None
+            for _attempt in range(20):
+                terminated += s.value("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                      "WHERE datname = %s AND pid <> pg_backend_pid()", (target,))
+                try:
+                    s.execute(compose("ALTER DATABASE {} RENAME TO {}", target, previous))
+                    break
+                except PostgresError as e:
+                    last_err = e
+                    time.sleep(0.25)
+            else:
+                self._try(s, compose(reopen, target))
+                raise pb.BackupError("could not rename %s away (sessions keep reconnecting?): %s; the restored copy "
+                                     "was left in place for inspection" % (target, last_err))
+            self._try(s, compose(reopen, previous))
         self.plan.append("terminated %d other session(s) on %s and kept it as %s" % (terminated, target, previous))
         return terminated
+
+    @staticmethod
+    def _try(session, statement):
+        """Best effort (re-allowing connections): a failure here must not hide the outcome."""
+        try:
+            session.execute(statement)
+        except PostgresError:
+            pass
 
     # -- verified ------------------------------------------------------------------------------
     def verify(self):

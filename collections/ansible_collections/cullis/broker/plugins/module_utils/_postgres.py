@@ -9,9 +9,10 @@ is started through an *executor*, so the place the commands run is swappable:
 `LocalExecutor` runs them as local subprocesses today; a compose executor (`docker compose exec
 -T -e PGPASSWORD postgres ...`) only needs to implement `popen()` the same way.
 
-SQL that carries values goes through psycopg2 with bound parameters (`PostgresConnection.connect()`,
-`query()`, `value()`, `PgSession`), never through strings piped to psql; identifiers are composed
-with `psycopg2.sql.Identifier`. psycopg2 is imported lazily so a target without it gets a clear
+Every SQL statement goes through psycopg2 with bound parameters (`PostgresConnection.connect()`,
+`query()`, `value()`, `execute()`, `PgSession`), never through strings piped to psql; identifiers
+are composed with `psycopg2.sql.Identifier` (`compose()`). The client programs run only to dump
+and restore (pg_dump, pg_restore, and psql reading a plain-format dump). psycopg2 is imported lazily so a target without it gets a clear
 error naming the package to install (`require_psycopg2()`), not a traceback.
 
 The password never appears in argv or output: it is handed to the child in the PGPASSWORD
@@ -74,6 +75,13 @@ def sql_identifier(name):
     return require_psycopg2().sql.Identifier(name)
 
 
+def compose(template, *identifiers):
+    """`template` with each `{}` replaced by a quoted identifier (database, role, table names):
+    `compose("DROP DATABASE IF EXISTS {} WITH (FORCE)", name)`. Values go in bound parameters."""
+    sql = require_psycopg2().sql
+    return sql.SQL(template).format(*[sql.Identifier(i) for i in identifiers])
+
+
 class LocalExecutor(object):
     """Runs the Postgres client programs as local subprocesses."""
 
@@ -98,14 +106,6 @@ class LocalExecutor(object):
         full_env['LC_ALL'] = 'C'
         return subprocess.Popen([self.program(program)] + list(args), env=full_env, stdin=stdin,
                                 stdout=stdout, stderr=stderr, universal_newlines=text, close_fds=True)
-
-
-def quote_ident(name):
-    return '"' + name.replace('"', '""') + '"'
-
-
-def quote_literal(value):
-    return "'" + value.replace("'", "''") + "'"
 
 
 class PostgresConnection(object):
@@ -136,30 +136,6 @@ class PostgresConnection(object):
     def popen(self, program, args, **kwargs):
         return self.executor.popen(program, args, self.env(), **kwargs)
 
-    def run(self, program, args, stdin_data=None):
-        proc = self.popen(program, args, stdin=subprocess.PIPE if stdin_data is not None else subprocess.DEVNULL,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        out, err = proc.communicate(stdin_data)
-        return proc.returncode, out, self.scrub(err)
-
-    def psql(self, sql, database=None, check=True):
-        """Run SQL with ON_ERROR_STOP; returns rows as lists of strings (unaligned, tab separated)."""
-        database = database or self.maintenance_db
-        args = ['-X', '-A', '-t', '-q', '-F', '\t', '-v', 'ON_ERROR_STOP=1'] + self.conn_args(database)
-        rc, out, err = self.run('psql', args, stdin_data=sql)
-        if rc != 0:
-            if not check:
-                return None
-            raise PostgresError("SQL on %s:%s/%s failed: %s" % (self.host, self.port, database, err.strip()))
-        return [line.split('\t') for line in out.splitlines() if line != '']
-
-    def scalar(self, sql, database=None):
-        rows = self.psql(sql, database)
-        return rows[0][0] if rows and rows[0] else None
-
-    def session(self, database):
-        return PsqlSession(self, database)
-
     # -- psycopg2: bound parameters ------------------------------------------------------------
     def connect(self, database=None):
         """A psycopg2 connection (autocommit) to `database`; errors are PostgresError without the password."""
@@ -189,6 +165,11 @@ class PostgresConnection(object):
         """First column of the first row, or None."""
         rows = self.query(statement, params, database)
         return rows[0][0] if rows else None
+
+    def execute(self, statement, params=None, database=None):
+        """Run one statement (autocommit) with bound `params`; returns the rowcount."""
+        with self.pg_session(database) as s:
+            return s.execute(statement, params)
 
     # -- common queries ------------------------------------------------------------------------
     def database_exists(self, name):
@@ -242,9 +223,12 @@ class PgSession(object):
         except psycopg2.Error as e:
             raise self._error(e)
 
-    def query(self, statement, params=None):
+    def query(self, statement, params=None, cursor=None):
         psycopg2 = require_psycopg2()
         try:
+            if cursor is not None:
+                cursor.execute(statement, params)
+                return cursor.fetchall()
             with self.db.cursor() as cur:
                 cur.execute(statement, params)
                 return cur.fetchall()
@@ -278,6 +262,23 @@ class PgSession(object):
         """`with session.transaction() as cur:` - statements (`execute(..., cursor=cur)`) committed together."""
         return self._transaction()
 
+    @contextmanager
+    def snapshot(self):
+        """`with session.snapshot() as (snapshot_id, cur):` - a REPEATABLE READ, READ ONLY transaction
+        held open for the block, its snapshot exported: `pg_dump --snapshot=<snapshot_id>` sees
+        exactly what `query(..., cursor=cur)` sees. Rolled back (it changed nothing) at the end."""
+        psycopg2 = require_psycopg2()
+        with self.db.cursor() as cur:
+            self.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY", cursor=cur)
+            try:
+                snapshot_id = self.query("SELECT pg_export_snapshot()", cursor=cur)[0][0]
+                yield snapshot_id, cur
+            finally:
+                try:
+                    cur.execute("ROLLBACK")
+                except psycopg2.Error:
+                    pass
+
     def stream(self, statement, params=None, batch=2000):
         """Yield the rows of a (large) query through a server-side cursor, `batch` rows at a time."""
         with self._transaction('cullis_stream_%s' % uuid.uuid4().hex) as cur:
@@ -286,7 +287,8 @@ class PgSession(object):
             yield from cur
 
 
-# Same counts as a single SELECT returning "schema.table<TAB>count" rows (run inside a session).
+# Exact row count per table: rows of (schema.table, count as text). No bound parameters (the
+# `%I` belong to format()), so it must be run with params=None.
 ROW_COUNT_QUERY = r"""
 SELECT n.nspname || '.' || c.relname,
        (xpath('/row/c/text()', query_to_xml(format('SELECT count(*) AS c FROM ONLY %I.%I', n.nspname, c.relname),
@@ -294,60 +296,11 @@ SELECT n.nspname || '.' || c.relname,
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
   AND n.nspname NOT LIKE 'pg\_toast%' AND n.nspname NOT LIKE 'pg\_temp%'
-ORDER BY 1;
+ORDER BY 1
 """
 
 
-def row_counts(conn, database):
-    """Exact row count per table (`schema.table` -> int) of a database."""
-    return dict((r[0], int(r[1])) for r in conn.psql(ROW_COUNT_QUERY, database))
-
-
-class PsqlSession(object):
-    """One long-lived psql process fed through a pipe: keeps a transaction (and an exported
-    snapshot) open while other programs run. Each `query()` ends with an \\echo marker."""
-
-    def __init__(self, conn, database):
-        self.conn = conn
-        self.database = database
-        self.proc = None
-
-    def __enter__(self):
-        args = ['-X', '-A', '-t', '-q', '-F', '\t', '-v', 'ON_ERROR_STOP=1'] + self.conn.conn_args(self.database)
-        self.proc = self.conn.popen('psql', args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True)
-        return self
-
-    def query(self, sql):
-        marker = '__cullis_end_%s__' % uuid.uuid4().hex
-        try:
-            self.proc.stdin.write(sql.rstrip() + '\n\\echo ' + marker + '\n')
-            self.proc.stdin.flush()
-        except (IOError, OSError):
-            pass
-        rows = []
-        while True:
-            line = self.proc.stdout.readline()
-            if not line:
-                err = self.proc.stderr.read() if self.proc.stderr else ''
-                self.proc.wait()
-                raise PostgresError("psql session on %s failed: %s" % (self.database, self.conn.scrub(err).strip()))
-            line = line.rstrip('\n')
-            if line == marker:
-                return rows
-            if line:
-                rows.append(line.split('\t'))
-
-    def __exit__(self, *exc):
-        if self.proc and self.proc.poll() is None:
-            try:
-                self.proc.stdin.write('ROLLBACK;\n\\q\n')
-                self.proc.stdin.close()
-            except (IOError, OSError):
-                pass
-            try:
-                self.proc.wait(30)
-            except Exception:
-                self.proc.kill()
-                self.proc.wait()
-        return False
+def row_counts(session, cursor=None):
+    """Exact row count per table (`schema.table` -> int) of the session's database; with `cursor`
+    (from `PgSession.snapshot()`), as of that snapshot."""
+    return dict((name, int(count)) for name, count in session.query(ROW_COUNT_QUERY, cursor=cursor))

@@ -16,6 +16,7 @@ __metaclass__ = type
 import os
 
 from ansible_collections.cullis.broker.plugins.module_utils._broker import read_env_file
+from ansible_collections.cullis.broker.plugins.module_utils._disk import filesystem_usage
 from ansible_collections.cullis.broker.plugins.module_utils._redact import SECRET_KEY_RE
 from ansible_collections.cullis.broker.plugins.module_utils._runtime import RuntimeErrorCullis, get_runtime
 
@@ -44,22 +45,12 @@ def split_env(env):
 
 
 def disk_usage(path):
-    """Usage of the filesystem holding `path` (nearest existing parent)."""
-    probe = path
-    while probe and not os.path.exists(probe):
-        parent = os.path.dirname(probe)
-        if parent == probe:
-            break
-        probe = parent
+    """Usage of the filesystem holding `path` (nearest existing parent), as module_utils/_disk.py
+    defines it for every module; None when it cannot be read."""
     try:
-        st = os.statvfs(probe or '/')
+        return filesystem_usage(path)
     except OSError:
         return None
-    total = st.f_blocks * st.f_frsize
-    free = st.f_bavail * st.f_frsize
-    used = total - st.f_bfree * st.f_frsize
-    return dict(path=probe, total_bytes=total, used_bytes=used, free_bytes=free,
-                used_percent=round(100.0 * used / total, 1) if total else 0.0)
 
 
 def gather(stack_dir, env_file=None, runtime='process', services=None, timeout=30.0, with_secrets=False,

@@ -10,13 +10,16 @@ __metaclass__ = type
 DOCUMENTATION = r"""
 module: audit_chain_info
 short_description: Verify the broker's live audit hash chains in PostgreSQL (read-only)
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - Reads every row of the broker's C(audit_log) (org by org, in C(chain_seq) order) and recomputes
     each C(entry_hash) (format v2) and each C(previous_hash) link, from genesis or from the anchor
     C(audit_archive) recorded when older rows were archived (C(cullis_ops.audit_anchors)).
   - Reports the number of rows and orgs and the problems found (gaps, broken links, hash mismatches);
     never changes anything. Used after an upgrade to prove the migrations kept the audit history intact.
+requirements:
+  - psycopg2 (Debian C(python3-psycopg2)) on the host the module runs on; the C(cullis.broker.postgres) role
+    installs it on database hosts.
 author: Cullis operations team (!UNKNOWN)
 extends_documentation_fragment:
   - cullis.broker.postgres
@@ -62,47 +65,49 @@ problems:
   returned: success
 """
 
-import json
-import subprocess
-import tempfile
-
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.text.converters import to_native
 from ansible_collections.cullis.broker.plugins.module_utils._audit_chain import ChainVerifier
 from ansible_collections.cullis.broker.plugins.module_utils._postgres import (
-    PostgresConnection, PostgresError, postgres_argument_spec)
+    PostgresConnection, PostgresError, postgres_argument_spec, require_psycopg2)
 
 COLUMNS = ['timestamp', 'event_type', 'agent_id', 'session_id', 'org_id', 'details', 'result', 'entry_hash',
            'previous_hash', 'chain_seq', 'peer_org_id', 'principal_type', 'hash_format']
+# the timestamp exactly as the broker hashed it (UTC, microseconds)
+TIMESTAMP = "to_char(timestamp AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US')"
+ANCHORS = ("SELECT DISTINCT ON (org_id) org_id, chain_seq, entry_hash FROM cullis_ops.audit_anchors "
+           "ORDER BY org_id, chain_seq DESC")
+
+
+def audit_rows_query():
+    """One JSON object per audit row (psycopg2 decodes it to a dict), org by org in chain order."""
+    sql = require_psycopg2().sql
+    fields = sql.SQL(', ').join(
+        sql.SQL('{}, {}').format(sql.Literal(c), sql.SQL(TIMESTAMP) if c == 'timestamp' else sql.Identifier(c))
+        for c in COLUMNS)
+    return sql.SQL("SELECT json_build_object({}) FROM audit_log ORDER BY org_id, chain_seq").format(fields)
+
+
+def verify(conn, db):
+    """Stream the audit rows of `db` through a ChainVerifier (rows are never all held in memory)."""
+    with conn.pg_session(db) as s:
+        anchors = {}
+        if s.value("SELECT to_regclass(%s) IS NOT NULL", ('cullis_ops.audit_anchors',)):
+            anchors = dict((org, (int(seq), digest)) for org, seq, digest in s.query(ANCHORS))
+        verifier = ChainVerifier(anchors)
+        for (row,) in s.stream(audit_rows_query()):
+            verifier.add(row)
+    return verifier
 
 
 def main():
     argument_spec = postgres_argument_spec()
     argument_spec.update(database=dict(type='str', default='agent_trust', aliases=['db']))
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    db = module.params['database']
     conn = PostgresConnection(module.params)
     try:
-        anchors = {}
-        if conn.scalar("SELECT to_regclass('cullis_ops.audit_anchors') IS NOT NULL;", db) == 't':
-            rows = conn.psql("SELECT DISTINCT ON (org_id) org_id, chain_seq, entry_hash FROM cullis_ops.audit_anchors "
-                             "ORDER BY org_id, chain_seq DESC;", db)
-            anchors = dict((r[0], (int(r[1]), r[2])) for r in rows)
-        cols = ', '.join("'%s', %s" % (c, "to_char(timestamp AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US')"
-                                       if c == 'timestamp' else c) for c in COLUMNS)
-        sql = "SELECT json_build_object(%s) FROM audit_log ORDER BY org_id, chain_seq;" % cols
-        args = ['-X', '-A', '-t', '-q', '-v', 'ON_ERROR_STOP=1'] + conn.conn_args(db)
-        verifier = ChainVerifier(anchors)
-        with tempfile.TemporaryFile() as errf:
-            proc = conn.popen('psql', args + ['-c', sql], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errf)
-            for line in proc.stdout:
-                if line.strip():
-                    verifier.add(json.loads(line))
-            if proc.wait() != 0:
-                errf.seek(0)
-                raise PostgresError("reading audit_log of %s failed: %s"
-                                    % (db, conn.scrub(errf.read().decode('utf-8', 'replace')).strip()))
-    except (PostgresError, IOError, OSError, ValueError) as e:
+        verifier = verify(conn, module.params['database'])
+    except PostgresError as e:
         module.fail_json(msg=conn.scrub(to_native(e)))
     module.exit_json(changed=False, verified=not verifier.problems, rows=verifier.rows, orgs=len(verifier.last),
                      problems=verifier.problems[:50])

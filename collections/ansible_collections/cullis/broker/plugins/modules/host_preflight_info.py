@@ -10,7 +10,7 @@ __metaclass__ = type
 DOCUMENTATION = r"""
 module: host_preflight_info
 short_description: Read what a preflight needs to know about a host before a deploy or upgrade (read-only)
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - Reports, for the host it runs on, who listens on the given TCP ports and whether that listener
     belongs to the Cullis stack (a descendant of the stack's supervisord, or a command line under
@@ -73,15 +73,17 @@ ports:
             "owner_seen": true}]
 disk:
   description:
-    - One entry per path of O(paths) (C(path), C(checked) = the existing path measured, C(free_mb), C(total_mb),
-      C(used_percent)).
-    - C(used_percent) is what C(df) shows as C(Use%), used / (used + available to unprivileged users), so a
-      service that does not run as root sees its disk full at 100.
+    - One entry per path of O(paths), the same figures as M(cullis.broker.disk_usage_info) (C(path),
+      C(checked) = the existing path measured, C(total_bytes), C(used_bytes), C(free_bytes), C(total_mb),
+      C(free_mb), C(used_percent)).
+    - C(used_percent) is what C(df) shows as C(Use%), used / (used + available to unprivileged users), rounded
+      up to a whole percent as C(df) does, so a service that does not run as root sees its disk full at 100.
   type: list
   elements: dict
   returned: always
-  sample: [{"path": "/srv/cullis/postgres/data", "checked": "/srv/cullis/postgres/data", "free_mb": 5120,
-            "total_mb": 20480, "used_percent": 73.9}]
+  sample: [{"path": "/srv/cullis/postgres/data", "checked": "/srv/cullis/postgres/data", "total_bytes": 21474836480,
+            "used_bytes": 15569256448, "free_bytes": 5368709120, "total_mb": 20480, "free_mb": 5120,
+            "used_percent": 75}]
 names:
   description: One entry per name of O(resolve) (C(name), C(resolved), C(addresses), C(error)).
   type: list

@@ -27,6 +27,10 @@ description:
   - V(pruned) applies O(keep_last) / O(keep_days) and never deletes the newest verified backup.
   - Plain C(.sql.gz) files made by the runbook's C(scripts/pg-backup.sh) (no manifest) restore too.
 version_added: 0.1.0
+requirements:
+  - psycopg2 (Debian C(python3-psycopg2)) on the host the module runs on; the C(cullis.broker.postgres) role
+    installs it on database hosts.
+  - The PostgreSQL 15 client programs C(pg_dump), C(pg_restore) and C(psql) in O(pg_bin_dir).
 author: Cullis operations team (!UNKNOWN)
 extends_documentation_fragment:
   - cullis.broker.postgres

@@ -87,8 +87,11 @@ secrets:
   type: dict
   returned: when O(secrets=true)
 disk:
-  description: Usage of the filesystem of the stack directory (C(path), C(total_bytes), C(used_bytes), C(free_bytes),
-    C(used_percent)).
+  description:
+    - Usage of the filesystem of the stack directory, the same figures as M(cullis.broker.disk_usage_info)
+      (C(path), C(checked) = the existing path measured, C(total_bytes), C(used_bytes), C(free_bytes),
+      C(total_mb), C(free_mb), C(used_percent)); null when it cannot be read.
+    - C(used_percent) is C(df)'s C(Use%), rounded up to a whole percent as C(df) does.
   type: dict
   returned: always
 """

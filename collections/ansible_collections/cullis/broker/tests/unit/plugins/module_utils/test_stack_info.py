@@ -41,4 +41,5 @@ def test_missing_stack_dir_and_disk_of_the_nearest_parent(tmp_path):
     assert info['layout']['stack_dir_exists'] is False and info['layout']['env_file_exists'] is False
     assert info['settings'] == {} and info['secret_keys'] == []
     disk = disk_usage(str(tmp_path / 'nope' / 'deeper'))
-    assert disk['path'] == str(tmp_path) and disk['total_bytes'] > 0 and 0 <= disk['used_percent'] <= 100
+    assert disk['checked'] == str(tmp_path) and disk['path'] == str(tmp_path / 'nope' / 'deeper')
+    assert disk['total_bytes'] > 0 and 0 <= disk['used_percent'] <= 100

@@ -179,3 +179,15 @@ def test_unreachable_services_are_reported(tmp_path, closed_port, capsys):
         r = run_module(name, args, capsys)
         assert not r.get('failed'), (name, r)
         assert_contract(name, r)
+
+
+def test_disk_usage_info_returns_its_documented_keys(tmp_path, capsys):
+    (tmp_path / 'data').mkdir()
+    (tmp_path / 'data' / 'f').write_bytes(b'x' * 10000)
+    r = run_module('disk_usage_info', dict(paths=[str(tmp_path / 'later')],
+                                           directories=[str(tmp_path / 'data'), str(tmp_path / 'gone')]), capsys)
+    assert not r.get('failed') and r['changed'] is False, r
+    assert_contract('disk_usage_info', r)
+    assert r['filesystems'][0]['checked'] == str(tmp_path)
+    assert [d['exists'] for d in r['directories']] == [True, False]
+    assert r['directories'][0]['bytes'] >= 10000
