@@ -101,6 +101,7 @@ def monitored(stack):
         "cullis_remediation_inventory": str(stack.inventory),
         "cullis_remediation_reports_dir": str(reports), "cullis_escalation_url": "",
         "cullis_escalate_window_seconds": 900,
+        "cullis_prometheus_url": prom, "cullis_reconfirm_settle_seconds": 20,
     }
     (work / "vars.yml").write_text(yaml.safe_dump(rb_vars))
     (work / "inventory.yml").write_text(yaml.safe_dump({"all": {"hosts": {"localhost": {
