@@ -6,7 +6,8 @@ the rulebook's queue (one action at a time) and then ran blindly, ahead of the n
 Real Prometheus on loopback (evaluation 1 s) with one alert always firing: RedisDown on host
 cache1, nothing on cache2. The stack's last remediation (vault_sealed) is recorded as having run
 while both alerts started. cache2's alert is gone when its turn comes: recorded as `cleared`,
-nothing run, nobody paged. cache1's is still firing after the settle time: remediated.
+nothing run, nobody paged (though cache2's redis_down was remediated 100 s before: inside the
+escalation window, a repeat would page). cache1's is still firing after the settle time: remediated.
 """
 from __future__ import annotations
 
@@ -78,6 +79,11 @@ def test_alert_raised_during_another_remediation_is_reconfirmed(tmp_dir, receive
     (reports / "incidents/last-stack.json").write_text(json.dumps({
         "incident": "vault_sealed", "host": "localhost", "started_at": _iso(now - datetime.timedelta(seconds=60)),
         "finished_epoch": now.timestamp() - 5}))
+    # and cache2's redis_down was remediated 100 s ago: within the escalation window, a repeat would
+    # page people; a side effect that went away must not
+    last_cache2 = json.dumps({"finished_epoch": now.timestamp() - 100, "outcome": "recovered",
+                              "finished_at": (now - datetime.timedelta(seconds=100)).isoformat()})
+    (reports / "incidents/last-redis_down-cache2.json").write_text(last_cache2)
     started = _iso(now - datetime.timedelta(seconds=30))
     base = {"cullis_repo_dir": str(repo), "cullis_remediation_inventory": "localhost,",
             "cullis_remediation_reports_dir": str(reports), "cullis_escalation_url": url,
@@ -99,7 +105,7 @@ def test_alert_raised_during_another_remediation_is_reconfirmed(tmp_dir, receive
                           "no longer firing: not remediated"), events
     assert not any(e.startswith("remediation started") for e in events), events
     assert rec_file.with_suffix(".html").read_text().count("cleared") >= 1
-    assert not (reports / "incidents/last-redis_down-cache2.json").exists()  # not a remediation
+    assert (reports / "incidents/last-redis_down-cache2.json").read_text() == last_cache2  # not a remediation
 
     # still firing after the settle time: a real fault, remediated
     fired = run_playbook(EDA / "playbooks/remediate.yml", extra_vars=dict(
@@ -111,7 +117,7 @@ def test_alert_raised_during_another_remediation_is_reconfirmed(tmp_dir, receive
     assert rec["outcome"] == "recovered", rec
     events = [e["event"] for e in rec["timeline"]]
     assert events[2] == ("re-confirmed: RedisDown started during the remediation of vault_sealed; "
-                         "still firing after 4 s: remediating"), events
+                         "still firing after 4 s: a real fault"), events
     assert events[3] == "remediation started: playbooks/incidents/redis_down.yml", events
     # this remediation is now the stack's last one (the window of the next re-confirmation)
     last = json.loads((reports / "incidents/last-stack.json").read_text())
