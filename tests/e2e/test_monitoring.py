@@ -127,6 +127,12 @@ def monitored(stack):
                 {"intervals": {k: v for k, v in mon_vars.items() if k.endswith(("_interval", "_for", "_wait", "_timeout"))},
                  "monitoring_deploy_s": round(deploy_s, 1), "mttr_s": state["mttr"]}, indent=2))
     finally:
+        # the record is written before the remediation's last task: stopping the rulebook earlier
+        # orphans that ansible-playbook (ansible-runner runs it in a session of its own)
+        try:
+            _wait_remediation_ended(reports)
+        except TimeoutError as exc:
+            print(f"\n{exc}")
         rulebook.stop()
         _remove_programs(stack)
         log = work / "rulebook.log"
@@ -188,6 +194,13 @@ def _active_alerts(prom: str) -> list[dict]:
     return _http_json(prom + "/api/v1/alerts")["data"]["alerts"]
 
 
+def _wait_remediation_ended(reports: Path, grace: float = 0) -> None:
+    """The last remediation of the stack wrote its end (remediate.yml's last task: last-stack.json)."""
+    last_stack = reports / "incidents" / "last-stack.json"
+    wait_for(lambda: not last_stack.exists() or time.time() > json.loads(last_stack.read_text()).get(
+        "finished_epoch", float("inf")) + grace, 120, "the previous remediation ended")
+
+
 def _hands_off(monitored, incident: str, alertnames: set[str], inject) -> dict:
     """Inject a fault, wait until the rulebook's remediation wrote its incident record, check the
     record step by step and the stack healthy again; returns the record. If anything fails, the
@@ -197,10 +210,7 @@ def _hands_off(monitored, incident: str, alertnames: set[str], inject) -> dict:
     wait_for(lambda: not _active_alerts(prom), 60, "no alert active before the fault")
     # and the previous remediation has ended, its re-confirmation grace included: an alert starting
     # inside it would be re-confirmed first (right, but not the hands-off path measured here)
-    last_stack = reports / "incidents" / "last-stack.json"
-    grace = monitored["rb_vars"]["cullis_reconfirm_grace_seconds"]
-    wait_for(lambda: not last_stack.exists() or time.time() > json.loads(last_stack.read_text()).get(
-        "finished_epoch", float("inf")) + grace, 120, "the previous remediation ended")
+    _wait_remediation_ended(reports, monitored["rb_vars"]["cullis_reconfirm_grace_seconds"])
     before = set(_records(reports))
     try:
         monitored["faults"].append(incident)
