@@ -8,35 +8,11 @@ from __future__ import annotations
 
 import datetime
 import json
-import shutil
-import tempfile
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
-
-import pytest
 
 from testkit.ansible import REPO, run_playbook
 
 EDA = REPO / "collections/ansible_collections/cullis/broker/extensions/eda"
-
-
-@pytest.fixture
-def receiver():
-    got: list[dict] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
-            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/escalate", got
-    server.shutdown()
 
 
 def _event(now: str, starts_at: str = "2026-01-01T00:00:00Z") -> dict:
@@ -47,35 +23,11 @@ def _event(now: str, starts_at: str = "2026-01-01T00:00:00Z") -> dict:
         "alerts": [{"startsAt": starts_at}]}}}
 
 
-@pytest.fixture
-def tmp_dir():
-    """A dir of our own (pytest prunes numbered tmp dirs of sessions still running in parallel)."""
-    d = Path(tempfile.mkdtemp(prefix="cullis-remediate-"))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
-def test_failed_recovery_escalates_and_a_repeat_does_not_loop(tmp_dir, receiver):
+def test_failed_recovery_escalates_and_a_repeat_does_not_loop(tmp_dir, receiver, make_repo):
     url, got = receiver
     tmp_path = tmp_dir
-    repo = tmp_path / "repo"
-    (repo / "playbooks/incidents").mkdir(parents=True)
-    (repo / "ansible.cfg").write_text((REPO / "ansible.cfg").read_text().replace(
-        "./collections", str(REPO / "collections")))
-    runs = tmp_path / "runs.log"
-    (repo / "playbooks/incidents/redis_down.yml").write_text(f"""---
-- name: A recovery that cannot work
-  hosts: localhost
-  connection: local
-  gather_facts: false
-  vars:
-    ansible_python_interpreter: "{{{{ ansible_playbook_python }}}}"
-  tasks:
-    - name: Count the run
-      ansible.builtin.lineinfile: {{path: "{runs}", line: "run {{{{ 1000000 | random }}}}", create: true, mode: "0600"}}
-    - name: Recover
-      ansible.builtin.fail: {{msg: redis would not come back}}
-""")
+    repo, runs = make_repo(tmp_path, "redis_down",
+                           '{name: Recover, ansible.builtin.fail: {msg: redis would not come back}}')
     reports = tmp_path / "reports"
     extra = {"ansible_eda": _event("2026-01-01T00:00:01Z"), "cullis_repo_dir": str(repo),
              "cullis_remediation_inventory": "localhost,", "cullis_remediation_reports_dir": str(reports),
