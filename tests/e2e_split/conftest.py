@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+import json
+
 from testkit.ansible import REPO, PlaybookResult, run_playbook
 
 STACK_DIR = "/srv/cullis"
@@ -27,6 +29,7 @@ PORTS = {"cullis_postgres_port": 5432, "cullis_redis_port": 6379, "cullis_vault_
          "cullis_vault_cluster_port": 8201, "cullis_broker_port": 8000, "cullis_nginx_port": 8443,
          "cullis_nginx_http_port": 8080}
 # What a bare host must not have before the deploy (the deploy installs it).
+PSQL = "/usr/lib/postgresql/15/bin/psql"
 STACK_BINARIES = ("/usr/lib/postgresql/15/bin/postgres", "/usr/bin/redis-server", "/usr/sbin/nginx",
                   "/usr/local/bin/supervisord", "/opt/cullis/openbao/bin/bao")
 
@@ -49,6 +52,20 @@ class SplitStack:
     def sh(self, host: str, command: str) -> str:
         res = self.bed.exec(host, command)
         return res.output
+
+    def psql(self, sql: str, db: str = "agent_trust", host: str = "postgres") -> str:
+        """One SQL statement as the postgres user on the socket of `host` (the db host, or a DR site)."""
+        res = self.bed.exec(host, [PSQL, "-h", f"{STACK_DIR}/postgres/sock", "-p", str(self.ports["cullis_postgres_port"]),
+                                   "-d", db, "-v", "ON_ERROR_STOP=1", "-Atq", "-c", sql], user="postgres")
+        assert res.rc == 0, res.output
+        return res.output.strip()
+
+    def secret_values(self) -> list[str]:
+        """Every secret of the stack: the .env's, the root token and the unseal keys (controller)."""
+        env = self.env_of("broker1")
+        keys = json.loads((self.controller_dir / "vault-keys.json").read_text())
+        return [env[k] for k in ("ADMIN_SECRET", "POSTGRES_PASSWORD", "REDIS_PASSWORD", "VAULT_TOKEN")] + [
+            keys["root_token"], *keys["unseal_keys_b64"]]
 
     def env_of(self, host: str) -> dict:
         out = self.bed.exec(host, f"cat {STACK_DIR}/.env 2>/dev/null").output
@@ -74,6 +91,11 @@ def write_split_inventory(bed, base: Path, public_host: str) -> Path:
     })
     data = bed.inventory_data()
     data["all"]["vars"] = group_vars
+    return write_inventory(base, data)
+
+
+def write_inventory(base: Path, data: dict) -> Path:
+    """`data` as <base>/inventory/hosts.yml (a new directory: group_vars stay in the data)."""
     path = base / "inventory" / "hosts.yml"
     path.parent.mkdir(parents=True)
     path.write_text(yaml.safe_dump(data, sort_keys=False))

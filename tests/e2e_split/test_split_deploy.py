@@ -42,7 +42,9 @@ def test_each_host_runs_its_own_service(split_stack):
     assert "broker" in out and "RUNNING" in out, out
     conf = split_stack.sh("proxy", f"cat {STACK_DIR}/nginx/nginx.conf")
     port = split_stack.ports["cullis_broker_port"]
-    assert f"server broker1:{port};" in conf and f"server broker2:{port};" in conf
+    # every broker is an upstream, with passive health (a dead one is skipped without a failed request)
+    for broker in ("broker1", "broker2"):
+        assert f"server {broker}:{port} max_fails=1 fail_timeout=10s;" in conf, conf
     assert "hash $remote_addr consistent;" in conf  # one client, one broker (per-process DPoP nonces)
 
 

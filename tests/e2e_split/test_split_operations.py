@@ -24,28 +24,16 @@ import pytest
 pytestmark = [pytest.mark.slow]
 
 STACK_DIR = "/srv/cullis"  # = conftest.STACK_DIR
-PSQL = "/usr/lib/postgresql/15/bin/psql"
 SCRATCH_HOSTS = ("postgres", "vault", "broker1")
 BROKER_PID = f"supervisorctl -c {STACK_DIR}/supervisor/supervisord.conf pid broker"
 
 
 def psql(split_stack, sql: str, db: str = "agent_trust") -> str:
-    port = split_stack.ports["cullis_postgres_port"]
-    res = split_stack.bed.exec("postgres", [PSQL, "-h", f"{STACK_DIR}/postgres/sock", "-p", str(port), "-d", db,
-                                            "-v", "ON_ERROR_STOP=1", "-Atq", "-c", sql], user="postgres")
-    assert res.rc == 0, res.output
-    return res.output.strip()
-
-
-def secret_values(split_stack) -> list[str]:
-    env = split_stack.env_of("broker1")
-    keys = json.loads((split_stack.controller_dir / "vault-keys.json").read_text())
-    values = [env[k] for k in ("ADMIN_SECRET", "POSTGRES_PASSWORD", "REDIS_PASSWORD", "VAULT_TOKEN")]
-    return values + [keys["root_token"], *keys["unseal_keys_b64"]]
+    return split_stack.psql(sql, db)
 
 
 def assert_no_secret(split_stack, result, *extra) -> None:
-    for value in [*secret_values(split_stack), *extra]:
+    for value in [*split_stack.secret_values(), *extra]:
         assert value not in result.output, "a secret of the split stack appeared in the playbook output"
 
 
