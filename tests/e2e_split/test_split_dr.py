@@ -1,4 +1,4 @@
-"""Issue 11: the DR drill from the split topology into a SECOND topology, and Postgres corruption on split.
+"""Issue 11: the DR drill from the split topology into a SECOND topology.
 
 - Backups — the quarterly drill ("restore Postgres + Vault from backup into a staging compose,
   re-run the smoke test against it. If smoke passes, DR works."): backup.yml takes a set of the
@@ -10,8 +10,6 @@
   time); the rerun is deploy.yml on the kept DR site: changed=0 proves the site the drill left is
   the declared one, operable with its keys file (replaced by the source's: the restored Vault only
   opens with those) and with key files matching the restored Vault.
-- §2 Recover 3 (won't start: corruption) on split: postgres_down.yml restores the newest verified
-  set of the controller on the db host; its rerun on the healthy stack changes nothing.
 
 Shares the session's split topology (conftest `split_stack`) and leaves it healthy; works with one
 or three hosts in cullis_vault (only the first one is read). The `dr` host is removed at the end.
@@ -157,38 +155,3 @@ def test_dr_drill_from_the_split_backup_into_a_second_topology(split_stack, mark
     assert down.rc == 0, down.output[-3000:]
     assert bed.exec("dr", ["test", "-e", f"{STACK_DIR}/.env"]).rc != 0
 
-
-def test_postgres_down_corruption_on_split_restores_the_controllers_newest_set(split_stack, marked_backup,
-                                                                                docker_engine):
-    """§2 Recover 3 (won't start: corruption): on the db host, from the newest verified set on the
-    controller; data-loss window reported; rerun on the healthy stack changes nothing."""
-    bed = split_stack.bed
-    org_id, set_dir = marked_backup
-    lost = f"lost-{uuid.uuid4().hex[:8]}"
-    add_marker_org(split_stack, lost)
-    manifest = json.loads((set_dir / "backup-set.json").read_text())
-    pg_manifest = json.loads((set_dir / (manifest["postgres"] + ".json")).read_text())
-    bed.exec("postgres", f"supervisorctl -c {STACK_DIR}/supervisor/supervisord.conf stop postgres", check=True)
-    bed.exec("postgres", f"rm {STACK_DIR}/postgres/data/global/pg_control", check=True)
-    try:
-        t0 = time.monotonic()
-        res = split_stack.run("playbooks/incidents/postgres_down.yml", callback="default")
-        seconds = time.monotonic() - t0
-        assert res.rc == 0, res.output[-4000:]
-        out = flat(res)
-        assert "class: corruption" in out, out[-3000:]
-        assert f"changes after {pg_manifest['start_time']} are lost" in out, out[-3000:]
-        assert_no_secret(split_stack.secret_values(), res)
-        # the set's data is back (the marker of the set), what came after it is lost
-        assert split_stack.psql(host="postgres", sql=f"SELECT count(*) FROM organizations WHERE org_id = '{org_id}'") == "1"
-        assert split_stack.psql(host="postgres", sql=f"SELECT count(*) FROM organizations WHERE org_id = '{lost}'") == "0"
-        assert bed.exec("postgres", f"ls -d {STACK_DIR}/postgres/data.corrupt-*").rc == 0
-        print(f"postgres_down (corruption) on split: {seconds:.0f}s")
-    finally:
-        bed.exec("postgres", f"rm -rf {STACK_DIR}/postgres/data.corrupt-*")
-        if bed.exec("postgres", f"test -e {STACK_DIR}/postgres/data/global/pg_control").rc == 0:
-            for org in (org_id, lost):
-                drop_marker_org(split_stack, org)
-    again = split_stack.run("playbooks/incidents/postgres_down.yml")
-    assert again.rc == 0, again.output[-3000:]
-    assert again.changed == 0, again.stats
