@@ -178,14 +178,19 @@ def required_vars(playbook: str) -> set[str]:
         for cond in that if isinstance(that, list) else [that]:
             required.update(re.findall(r"^\s*(\w+) is defined\s*$", str(cond)))
     corpus = playbook_corpus(playbook)
+    # only the entry points the playbook runs (main, and each tasks_from it names); a loop_var the
+    # playbook sets itself (rolling_restart.yml's cullis_rolling_broker) is not asked of anyone
+    entry_points = {"main", *re.findall(r"^[^#\n]*tasks_from:\s*(\w+)", corpus, re.M)}
     for role in set(_ROLE_REF.findall(corpus)):
         spec_file = COLLECTION / "roles" / role / "meta" / "argument_specs.yml"
         if spec_file.is_file():
-            for entry in (yaml.safe_load(spec_file.read_text()) or {}).get("argument_specs", {}).values():
+            for name, entry in (yaml.safe_load(spec_file.read_text()) or {}).get("argument_specs", {}).items():
+                if name not in entry_points:
+                    continue
                 for opt, spec in (entry.get("options") or {}).items():
                     if spec.get("required"):
                         required.add(opt)
-    return required
+    return required - set(re.findall(r"^[^#\n]*loop_var:\s*(\w+)", corpus, re.M))
 
 
 # ---- credentials, surveys, jobs -------------------------------------------------------------

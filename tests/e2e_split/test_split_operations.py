@@ -56,12 +56,12 @@ def flat(result) -> str:
 
 
 def ran_on(result, task: str) -> set[str]:
-    """The hosts a task's module really ran on (the delegate, for a delegated task), from the default
-    callback's lines `ok: [postgres -> vault(127.0.0.1)]` (the json callback drops delegation)."""
+    """The hosts a task's module really ran on (the delegate, for a delegated task; a task of a role
+    matched with or without its role prefix), from the default callback's lines `ok: [postgres -> vault(127.0.0.1)]` (the json callback drops delegation)."""
     hosts = set()
     for chunk in result.output.split("\nTASK [")[1:]:
         name, _, body = chunk.partition("]")
-        if name != task:
+        if name.split(" : ", 1)[-1] != task:  # "cullis.broker.incident : <task>" inside a role
             continue
         for m in re.finditer(r"^(?:ok|changed): \[([^\]]+)\]", body, re.M):
             target = m.group(1)

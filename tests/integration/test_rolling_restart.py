@@ -124,7 +124,9 @@ def test_rolling_restart_of_two_brokers_under_load_fails_no_request(two_brokers_
     report = gen.join()
     print(f"rolling restart (local, two real brokers): {report.summary()}")
     assert res.rc == 0, res.output[-4000:]
-    assert report.failed == 0 and report.sent >= 40 and report.logins >= 2, report.summary()
+    # the load ran through the whole restart: at least one request every 2 s of it (the generator is
+    # stopped when the playbook ends, so its count follows the playbook's time, not a fixed number)
+    assert report.failed == 0 and report.sent >= report.seconds / 2 and report.logins >= 2, report.summary()
     for h in ("b1", "b2"):
         assert supervisor_pid(env["dirs"][h], "broker") not in (0, pids[h]), f"the broker of {h} was not restarted"
         assert res.host_stats(h)["changed"] == 3, res.stats  # stop (started, completed) and start
