@@ -23,6 +23,7 @@ import pytest
 
 from bench.ha_load import run_scenario, sized_load
 from testkit.broker_orgs import auth_limit, onboard_org, wait_for_rate_budget
+from tests.e2e_split.test_split_incidents import wait
 
 pytestmark = [pytest.mark.slow]
 
@@ -50,15 +51,6 @@ def broker_pid(split_stack, host: str) -> str:
 def state(split_stack, host: str, service: str) -> str:
     out = split_stack.sh(host, f"{SUPERVISORCTL} status {service}").split()
     return out[1] if len(out) > 1 else " ".join(out)
-
-
-def wait(cond, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def access_lines(split_stack, since: int) -> list[str]:
