@@ -150,7 +150,9 @@ class Testbed:
                  f"({', '.join(f'{h.name}:{h.ssh_port}' for h in self.hosts.values())})")
         return self
 
-    def add_host(self, name: str, groups: list[str] | tuple[str, ...] = ()) -> Host:
+    def add_host(self, name: str, groups: list[str] | tuple[str, ...] = (), image: str | None = None) -> Host:
+        """One more host on this bed's network; `image` defaults to the bed's own (a DR site may
+        start from the prepared image: packages installed, nothing of the stack)."""
         if name in self.hosts:
             raise ValueError(f"host {name} already exists in test bed {self.id}")
         port = free_port()
@@ -158,7 +160,7 @@ class Testbed:
         from docker.types import EndpointConfig
 
         container = self.client.containers.create(
-            self.image, name=container_name, hostname=name, init=True, detach=True,
+            image or self.image, name=container_name, hostname=name, init=True, detach=True,
             labels=self._labels(**{f"{LABEL}.host": name}),
             ports={"22/tcp": ("127.0.0.1", port)}, network=self.network_name,
             # network alias = short host name, so hosts reach each other by name on this network
