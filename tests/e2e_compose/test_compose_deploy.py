@@ -1,12 +1,14 @@
 """`cullis_runtime: compose` end to end: playbooks/deploy.yml renders the compose project and runs it
 on the test kit's real Docker engine, then the same playbooks as on the process runtime.
 
-One stack for the module (deployed once, on free ports, in a temp dir): deploy + smoke test, the
-broker killed with SIGKILL and brought back by playbooks/incidents/broker_down.yml. (A redeploy
-with changed=0 is not here yet: the second run re-creates the broker container, and the preflight
-takes the stack's own containers for foreign processes on its ports; see the README.) Images: the kit's local stand-ins for the public images and
-the broker image of the role's Dockerfile (testkit/docker_images.py, cached by content hash),
-passed through the image variables.
+One stack for the module (deployed once, on free ports, in a temp dir), the tests in this order:
+deploy + smoke test; the broker killed with SIGKILL and brought back by
+playbooks/incidents/broker_down.yml; the broker over its container memory limit (137, OOMKilled)
+and the recovery raising the limit and persisting it; a redeploy with changed=0 that keeps the
+raised limit; playbooks/down.yml (containers gone, volumes kept) and down -e purge=true (volumes
+and stack directory gone). Images: the kit's local stand-ins for the public images and the broker
+image of the role's Dockerfile (testkit/docker_images.py, cached by content hash), passed through
+the image variables.
 """
 from __future__ import annotations
 
@@ -163,3 +165,94 @@ def test_broker_sigkill_recovered_by_broker_down(compose_stack, docker_engine):
     assert broker.attrs["State"]["Status"] == "running"
     assert broker.attrs["RestartCount"] > restarts_before or broker.attrs["State"]["StartedAt"] != started_before
     assert st.get("/readyz")[0] == 200
+
+
+def _wait_state(container, done, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        container.reload()
+        if done(container.attrs["State"]):
+            return container.attrs["State"]
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}: {container.attrs['State']}")
+
+
+def test_broker_oom_raises_and_persists_the_memory_limit(compose_stack, docker_engine, compose_cli):
+    """Runbook section 1 (Exit 137: OOM killed; "bump memory in the compose file ... docker compose
+    up -d") on compose: the operator's compose file gives the broker 40 MB, the container is killed
+    by the engine (137, OOMKilled=true); broker_down.yml classifies it as oom, raises the limit to
+    512 MB in the compose project (through the broker role's compose path: the container re-created
+    with it), persists it in the inventory's host_vars and verifies. The injected project keeps
+    restart: "no" so the container stays down as the runbook shows it (with unless-stopped it flaps
+    between a short start and a restart back-off)."""
+    st = compose_stack
+    project_dir = st.dir / "compose"
+    persisted = st.inventory / "host_vars" / "localhost" / "cullis_broker_memory.yml"
+    assert not persisted.exists()
+    project = yaml.safe_load((project_dir / "compose.yml").read_text())
+    project["services"]["broker"].update({"mem_limit": "40m", "memswap_limit": "40m", "restart": "no"})
+    (project_dir / "compose.yml").write_text(yaml.safe_dump(project, sort_keys=False))
+    compose_cli(project_dir, "up", "-d", "--no-deps", "--no-build", "broker")
+    broker = containers(docker_engine, st)["broker"]
+    assert broker.attrs["HostConfig"]["Memory"] == 40 * 1024 * 1024
+    state = _wait_state(broker, lambda s: s["Status"] == "exited", 180, "the broker to be OOM-killed")
+    assert state["ExitCode"] == 137 and state["OOMKilled"] is True, state
+
+    t0 = time.monotonic()
+    res = st.run("playbooks/incidents/broker_down.yml")
+    print(f"broker_down (OOM) on compose: {time.monotonic() - t0:.1f}s")
+    assert res.rc == 0, _tail(res)
+    assert "40 MB -> 512 MB" in res.output
+    broker = containers(docker_engine, st)["broker"]
+    broker.reload()
+    assert broker.attrs["State"]["Status"] == "running"
+    assert broker.attrs["HostConfig"]["Memory"] == 512 * 1024 * 1024
+    assert broker.attrs["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
+    assert yaml.safe_load((project_dir / "compose.yml").read_text())["services"]["broker"]["mem_limit"] == "512m"
+    # persisted in the inventory, so the next deploy keeps the raised limit (next test)
+    assert yaml.safe_load(persisted.read_text()) == {"cullis_broker_memory_limit_mb": 512}
+    assert st.get("/readyz")[0] == 200
+
+
+def test_redeploy_reports_no_change_and_keeps_the_raised_limit(compose_stack, docker_engine):
+    """A second deploy.yml on the running compose stack: the preflight counts the project's own
+    containers on the stack's ports as the stack's, nothing is re-created (same container ids),
+    changed=0; a memory limit raised by the OOM recovery (host_vars) stays."""
+    st = compose_stack
+    before = {name: c.id for name, c in containers(docker_engine, st).items()}
+    t0 = time.monotonic()
+    res = st.run("playbooks/deploy.yml")
+    print(f"compose redeploy: {time.monotonic() - t0:.1f}s")
+    assert res.rc == 0, _tail(res)
+    changed = [f"{task['task']['name']}" for play in res.data.get("plays", []) for task in play.get("tasks", [])
+               for r in task.get("hosts", {}).values() if r.get("changed")]
+    assert res.changed == 0, changed
+    after = containers(docker_engine, st)
+    assert {name: c.id for name, c in after.items()} == before
+    if (st.inventory / "host_vars" / "localhost" / "cullis_broker_memory.yml").exists():
+        assert after["broker"].attrs["HostConfig"]["Memory"] == 512 * 1024 * 1024
+    assert st.get("/readyz")[0] == 200
+
+
+def _project_volumes(docker_engine, st):
+    return [v.name for v in docker_engine.client.volumes.list()
+            if (v.attrs.get("Labels") or {}).get("com.docker.compose.project") == st.project]
+
+
+def test_down_then_purge(compose_stack, docker_engine):
+    """playbooks/down.yml on compose: `docker compose down` (containers and network gone, the named
+    volumes with the data kept); -e purge=true also removes the volumes and the stack directory.
+    Last test of the module: the stack is gone after it."""
+    st = compose_stack
+    st.project = yaml.safe_load((st.dir / "compose" / "compose.yml").read_text())["name"]
+    assert len(_project_volumes(docker_engine, st)) == 2
+    res = st.run("playbooks/down.yml")
+    assert res.rc == 0 and res.changed > 0, _tail(res)
+    assert containers(docker_engine, st) == {}
+    assert len(_project_volumes(docker_engine, st)) == 2
+    again = st.run("playbooks/down.yml")
+    assert again.rc == 0 and again.changed == 0, _tail(again)
+    purge = st.run("playbooks/down.yml", extra_vars={"purge": True})
+    assert purge.rc == 0, _tail(purge)
+    assert _project_volumes(docker_engine, st) == []
+    assert not st.dir.exists()

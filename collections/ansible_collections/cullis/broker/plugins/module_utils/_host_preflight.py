@@ -4,8 +4,8 @@
 """Internal module_utils: the read-only host probes of a preflight (backend of host_preflight_info).
 
 Not a public API of the collection. Linux only (reads /proc): who listens on a TCP port and
-whether that process belongs to the stack (a descendant of the stack's supervisord, or a command
-line under the stack directory), free space under a path that may not exist yet (its nearest
+whether that process belongs to the stack (a descendant of the stack's supervisord, of the init
+of one of the stack's compose containers, or a command line under the stack directory), free space under a path that may not exist yet (its nearest
 existing parent), name resolution, the host's OS, Python and clock.
 """
 
@@ -113,9 +113,26 @@ def _pids_of_uid(uid):
     return pids
 
 
-def port_listeners(ports, stack_dir=None):
-    """[{port, listening, ours, pids, commands, owner_seen}] for each port."""
+def compose_container_pids(runtime):
+    """Host PIDs of the init processes of the compose project's running containers (found on the
+    engine by the project's labels, see _runtime_compose.ComposeRuntime); [] when the engine does not
+    answer (then nothing on the ports can be told to be the project's)."""
+    if not runtime.daemon_running():
+        return []
+    pids = []
+    for name in runtime.services():
+        c = runtime.container(name)
+        pid = (c.attrs.get('State') or {}).get('Pid') if c is not None else 0
+        if pid:
+            pids.append(int(pid))
+    return pids
+
+
+def port_listeners(ports, stack_dir=None, container_pids=()):
+    """[{port, listening, ours, pids, commands, owner_seen}] for each port. `container_pids`: the host
+    PIDs of the stack's own containers' init processes (compose runtime, host networking)."""
     sup = _supervisord_pid(stack_dir)
+    roots = ([sup] if sup is not None else []) + [p for p in container_pids if p]
     out = []
     for port in ports:
         sockets = _listening_sockets(int(port))
@@ -130,7 +147,7 @@ def port_listeners(ports, stack_dir=None):
         listening = bool(sockets)
 
         def stack_owned(pid, command):
-            return (sup is not None and _descends_from(pid, sup)) or bool(stack_dir and stack_dir in command)
+            return any(_descends_from(pid, root) for root in roots) or bool(stack_dir and stack_dir in command)
         if owner_seen:
             ours = bool(pids) and all(stack_owned(p, c) for p, c in zip(pids, commands))
         else:  # the uid's processes include the stack's service: the listener is most likely it

@@ -307,11 +307,17 @@ class ComposeRuntime(RuntimeBase):
         raise RuntimeErrorCullis('service %r is not defined in %s' % (svc, ', '.join(self.compose_files())))
 
     def pending_config(self, name):
-        """'added' (no container), 'changed' (container made from another config) or None."""
+        """'added' (no container), 'changed' (container made from another config) or None.
+
+        Compose itself decides: `up --dry-run` says whether it would re-create the container. (The
+        hash of `config --hash` is not the one `up` puts on the container when the service has an
+        env_file - compose v2.40 hashes the resolved file then - so comparing the two re-created
+        nothing and reported a change on every run.)"""
         c = self.container(name)
         if c is None:
             return 'added'
-        return 'changed' if c.labels.get(LABEL_CONFIG_HASH) != self.config_hash(name) else None
+        out = self.compose('--dry-run', 'up', '-d', '--no-deps', '--no-build', self.compose_service(name))
+        return 'changed' if any(line.split()[-1:] == ['Recreate'] for line in out.splitlines()) else None
 
     def apply_config(self, name):
         """Create or re-create the service's container from the project's config. Returns the change."""

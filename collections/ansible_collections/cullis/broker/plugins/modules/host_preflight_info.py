@@ -13,13 +13,14 @@ short_description: Read what a preflight needs to know about a host before a dep
 version_added: 0.1.0
 description:
   - Reports, for the host it runs on, who listens on the given TCP ports and whether that listener
-    belongs to the Cullis stack (a descendant of the stack's supervisord, or a command line under
-    O(stack_dir)), the free space of the filesystems that hold (or will hold) the given paths,
+    belongs to the Cullis stack (a descendant of the stack's supervisord, of one of the stack's compose
+    containers with O(runtime=compose), or a command line under O(stack_dir)), the free space of the filesystems that hold (or will hold) the given paths,
     whether the given host names resolve, and the host's OS, Python version and clock.
   - The incident role reads the disk usage of PostgreSQL's data directory with it, on the database
     host (runbook section 2, disk full).
   - Decides nothing; C(playbooks/preflight.yml) compares the facts with the deployment's needs.
-  - Linux only (reads C(/proc)). Standard library only.
+  - Linux only (reads C(/proc)). Standard library only, except with O(runtime=compose), which reads the
+    project's containers from the Docker engine with the Docker SDK for Python (PyPI C(docker)).
 author: Cullis operations team (!UNKNOWN)
 extends_documentation_fragment:
   - cullis.broker.info_module
@@ -32,6 +33,24 @@ options:
   stack_dir:
     description: The stack directory; a listener whose process descends from its supervisord, or whose command line names it, is the stack's own.
     type: path
+  runtime:
+    description:
+      - How the stack runs its services (C(cullis_runtime)). With V(compose), a listener that descends from
+        the init of one of the compose project's containers (found by the project's labels on the engine,
+        as M(cullis.broker.stack_service) finds them) is the stack's own, so a redeploy does not take the
+        stack's containers for foreign processes.
+    type: str
+    choices: [process, compose]
+    default: process
+  compose_project_dir:
+    description: With O(runtime=compose), the compose project's directory (C(cullis_compose_project_dir)). Default C(<stack_dir>/compose).
+    type: path
+  compose_project:
+    description: With O(runtime=compose), the compose project name (C(cullis_compose_project)), when the containers are found by name.
+    type: str
+  docker_host:
+    description: With O(runtime=compose), the Docker engine address (C(cullis_docker_host)). Default E(DOCKER_HOST), else the engine's default socket.
+    type: str
   paths:
     description: Paths whose filesystem's free space is reported; a path that does not exist yet is measured at its nearest existing parent.
     type: list
@@ -106,6 +125,7 @@ epoch:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.cullis.broker.plugins.module_utils import _host_preflight as backend
+from ansible_collections.cullis.broker.plugins.module_utils._runtime import RuntimeErrorCullis, get_runtime, runtime_options
 
 
 def main():
@@ -113,14 +133,26 @@ def main():
         argument_spec=dict(
             ports=dict(type='list', elements='int', default=[]),
             stack_dir=dict(type='path'),
+            runtime=dict(type='str', default='process', choices=['process', 'compose']),
+            compose_project_dir=dict(type='path'),
+            compose_project=dict(type='str'),
+            docker_host=dict(type='str'),
             paths=dict(type='list', elements='path', default=[]),
             resolve=dict(type='list', elements='str', default=[]),
         ),
+        required_if=[('runtime', 'compose', ('stack_dir',))],
         supports_check_mode=True,
     )
     p = module.params
     result = backend.host_facts()
-    result['ports'] = backend.port_listeners(p['ports'], p['stack_dir'])
+    container_pids = []
+    if p['runtime'] == 'compose' and p['ports']:
+        try:
+            rt = get_runtime('compose', p['stack_dir'], **runtime_options(p))
+            container_pids = backend.compose_container_pids(rt)
+        except RuntimeErrorCullis as exc:
+            module.fail_json(msg='cannot list the compose project\'s containers: %s' % exc)
+    result['ports'] = backend.port_listeners(p['ports'], p['stack_dir'], container_pids)
     result['disk'] = backend.free_space(p['paths'])
     result['names'] = backend.resolve(p['resolve'])
     module.exit_json(changed=False, **result)
