@@ -66,8 +66,14 @@ def test_task_file_never_ends_the_play_nor_reads_stack_files_on_the_controller(n
     assert "is exists" not in text  # a controller-side file test
 
 
+@pytest.mark.parametrize("name", ("postgres_down_single", "postgres_down_patroni"))
+def test_postgres_down_branches_never_end_the_play(name):
+    """postgres_down.yml dispatches to one of these (one server / Patroni cluster): same rules."""
+    test_task_file_never_ends_the_play_nor_reads_stack_files_on_the_controller(name)
+
+
 def test_postgres_restart_result_is_read():
-    tasks = yaml.safe_load((ROLE / "tasks" / "postgres_down.yml").read_text())
+    tasks = yaml.safe_load((ROLE / "tasks" / "postgres_down_single.yml").read_text())
     recover = next(t for t in tasks if t.get("name") == "Recover PostgreSQL")["block"]
     restart = next(t for t in recover if t.get("name", "").startswith("Recover: restart postgres"))
     assert "failed_when" not in restart and restart["register"] == "pgd_restart"
