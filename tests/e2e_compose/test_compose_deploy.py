@@ -1,7 +1,8 @@
 """`cullis_runtime: compose` end to end: playbooks/deploy.yml renders the compose project and runs it
 on the test kit's real Docker engine, then the same playbooks as on the process runtime.
 
-One stack for the module (deployed once, on free ports, in a temp dir): deploy + smoke test, the
+One stack (the session's shared `compose_stack` of conftest.py, deployed once on free ports in a
+temp dir, also used by test_compose_incidents.py): deploy + smoke test, the
 broker killed with SIGKILL and brought back by playbooks/incidents/broker_down.yml. (A redeploy
 with changed=0 is not here yet: the second run re-creates the broker container, and the preflight
 takes the stack's own containers for foreign processes on its ports; see the README.) Images: the kit's local stand-ins for the public images and
@@ -11,86 +12,14 @@ passed through the image variables.
 from __future__ import annotations
 
 import os
-import shutil
-import ssl
-import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-import pytest
 import yaml
-
-from testkit.ansible import REPO, run_playbook
-from testkit.docker_engine import LABEL
-from testkit.process import free_port
-
-PORT_VARS = ("cullis_postgres_port", "cullis_redis_port", "cullis_vault_port", "cullis_vault_cluster_port",
-             "cullis_broker_port", "cullis_nginx_port", "cullis_nginx_http_port")
-
-
-class ComposeStack:
-    def __init__(self, base: Path, env: dict, images: dict):
-        self.base = base
-        self.dir = base / "stack"
-        self.env = env
-        ports: list[int] = []
-        while len(ports) < len(PORT_VARS):
-            p = free_port()
-            if p not in ports:
-                ports.append(p)
-        self.ports = dict(zip(PORT_VARS, ports))
-        inv = base / "inventory"
-        (inv / "group_vars" / "all").mkdir(parents=True)
-        shutil.copy(REPO / "inventories" / "local" / "hosts.yml", inv / "hosts.yml")
-        values = yaml.safe_load((REPO / "inventories" / "local" / "group_vars" / "all" / "stack.yml").read_text())
-        values.update(self.ports)
-        values.update({
-            "cullis_stack_dir": str(self.dir),
-            "cullis_runtime": "compose",
-            "cullis_compose_images": {svc: images[svc].tag for svc in ("postgres", "redis", "vault", "nginx")},
-            "cullis_broker_image": images["broker"].tag,
-            "cullis_compose_labels": {LABEL: "e2e_compose_deploy"},
-        })
-        (inv / "group_vars" / "all" / "stack.yml").write_text("---\n" + yaml.safe_dump(values, sort_keys=False))
-        self.inventory = inv
-
-    def run(self, playbook: str, **kwargs):
-        return run_playbook(playbook, inventory=self.inventory, env=self.env, **kwargs)
-
-    def get(self, path: str, timeout: float = 10):
-        ctx = ssl.create_default_context(cafile=str(self.dir / "tls" / "ca.pem"))
-        url = f"https://127.0.0.1:{self.ports['cullis_nginx_port']}{path}"
-        try:
-            with urllib.request.urlopen(url, context=ctx, timeout=timeout) as resp:
-                return resp.status, resp.read()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read()
-        except OSError as exc:
-            return None, str(exc).encode()
 
 
 def _tail(result, n=60):
     return result.explain(n)
-
-
-@pytest.fixture(scope="module")
-def compose_stack(compose_images, compose_env, compose_cli):
-    base = Path(tempfile.mkdtemp(prefix="cullis-e2e-compose-"))
-    base.chmod(0o755)
-    st = ComposeStack(base, compose_env, compose_images)
-    t0 = time.monotonic()
-    st.deploy = st.run("playbooks/deploy.yml")
-    st.deploy_seconds = time.monotonic() - t0
-    try:
-        if st.deploy.rc != 0:
-            pytest.fail(f"compose deploy failed (rc={st.deploy.rc}):\n{_tail(st.deploy)}", pytrace=False)
-        yield st
-    finally:
-        if (st.dir / "compose" / "compose.yml").exists():
-            compose_cli(st.dir / "compose", "down", "-v", "--timeout", "5", check=False)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def containers(docker_engine, st):
