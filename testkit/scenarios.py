@@ -198,6 +198,11 @@ def seal_status(stack) -> dict:
     return json.loads(bao(stack, "status", "-format=json", check=False).stdout)
 
 
+def vault_answers(stack) -> bool:
+    """Vault answers its status API (sealed or not: `bao status` exits 0 or 2)."""
+    return bao(stack, "status", "-format=json", check=False).returncode in (0, 2)
+
+
 def kms_ready(stack) -> bool:
     return ready(stack, "kms")
 
