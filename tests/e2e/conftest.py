@@ -33,40 +33,23 @@ Environment knobs (all optional; they apply to both stacks):
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
-import ssl
 import tempfile
 import time
-import urllib.error
-import urllib.request
-import xmlrpc.client
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import yaml
 
-from testkit.ansible import REPO, PlaybookResult, run_playbook
+from testkit.ansible import REPO
 from testkit.process import free_port
+from testkit.stacks import SECRET_ENV_KEYS, Stack, read_env  # noqa: F401  (the handle lives in the test kit)
 
 PORT_VARS = ("cullis_postgres_port", "cullis_redis_port", "cullis_vault_port", "cullis_vault_cluster_port",
              "cullis_broker_port", "cullis_nginx_port", "cullis_nginx_http_port")
-SECRET_ENV_KEYS = ("ADMIN_SECRET", "DASHBOARD_SIGNING_KEY", "POSTGRES_PASSWORD", "REDIS_PASSWORD",
-                   "VAULT_TOKEN", "DATABASE_URL", "REDIS_URL")
-
-
-def read_env(path: Path) -> dict:
-    values = {}
-    for line in Path(path).read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#") and "=" in line:
-            key, _, value = line.partition("=")
-            values[key.strip()] = value.strip()
-    return values
 
 
 def distinct_free_ports(n: int) -> list[int]:
@@ -76,96 +59,6 @@ def distinct_free_ports(n: int) -> list[int]:
         if port not in ports:
             ports.append(port)
     return ports
-
-
-@dataclass
-class Stack:
-    """A deployed stack. `env` is re-read on every access (incident tests rotate secrets)."""
-
-    dir: Path
-    inventory: Path
-    ports: dict
-    vars: dict
-    deploy_result: PlaybookResult | None = None
-    deploy_seconds: float = 0.0
-    extra_vars: dict = field(default_factory=dict)
-
-    @property
-    def env_file(self) -> Path:
-        return self.dir / ".env"
-
-    @property
-    def env(self) -> dict:
-        return read_env(self.env_file)
-
-    @property
-    def public_url(self) -> str:
-        return f"https://127.0.0.1:{self.ports['cullis_nginx_port']}"
-
-    @property
-    def internal_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports['cullis_broker_port']}"
-
-    @property
-    def vault_addr(self) -> str:
-        return f"https://127.0.0.1:{self.ports['cullis_vault_port']}"
-
-    @property
-    def ca_path(self) -> Path:
-        return self.dir / "tls" / "ca.pem"
-
-    @property
-    def keys_file(self) -> Path:
-        return self.dir / "vault" / "vault-keys.json"
-
-    @property
-    def vault_keys(self) -> dict:
-        return json.loads(self.keys_file.read_text())
-
-    def secret_values(self) -> list[str]:
-        """Every secret of the stack (.env secrets, unseal keys, root token): for no-leak asserts."""
-        env = self.env
-        values = [env[k] for k in SECRET_ENV_KEYS if env.get(k)]
-        keys = self.vault_keys
-        values += list(keys.get("unseal_keys_b64", [])) + list(keys.get("unseal_keys_hex", []))
-        values.append(keys["root_token"])
-        return [v for v in values if v]
-
-    def run(self, playbook: str | Path, check: bool = False, extra_vars: dict | None = None,
-            verbosity: int = 0, **kwargs) -> PlaybookResult:
-        """Run a repository playbook against this stack (its temp inventory)."""
-        merged = dict(self.extra_vars)
-        merged.update(extra_vars or {})
-        return run_playbook(playbook, inventory=self.inventory, extra_vars=merged or None, check=check,
-                            verbosity=verbosity, **kwargs)
-
-    def get(self, path: str, timeout: float = 10) -> tuple[int, dict | str]:
-        """GET a broker path through nginx over TLS, verified with the stack CA."""
-        ctx = ssl.create_default_context(cafile=str(self.ca_path))
-        req = urllib.request.Request(self.public_url + path)
-        try:
-            with urllib.request.urlopen(req, context=ctx, timeout=timeout) as resp:
-                status, body = resp.status, resp.read()
-        except urllib.error.HTTPError as exc:
-            status, body = exc.code, exc.read()
-        try:
-            return status, json.loads(body)
-        except ValueError:
-            return status, body.decode(errors="replace")
-
-    def services(self) -> dict:
-        """{service: supervisord process info} straight from the stack's supervisord (read-only)."""
-        from supervisor.xmlrpc import SupervisorTransport
-        sock = self.dir / "supervisor" / "supervisor.sock"
-        proxy = xmlrpc.client.ServerProxy("http://127.0.0.1",
-                                          transport=SupervisorTransport(None, None, f"unix://{sock}"))
-        return {info["name"]: info for info in proxy.supervisor.getAllProcessInfo()}
-
-    def supervisord_pid(self) -> int | None:
-        try:
-            return int((self.dir / "supervisor" / "supervisord.pid").read_text().strip())
-        except (OSError, ValueError):
-            return None
 
 
 def write_inventory(base: Path, stack_dir: Path, ports: dict) -> Path:

@@ -6,7 +6,6 @@ Every test leaves the stack healthy (the next test gets the same stack).
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import secrets
@@ -17,8 +16,10 @@ import time
 import pytest
 import yaml
 
+from testkit import scenarios
 from testkit.ansible import REPO
 from testkit.process import wait_for
+from testkit.scenarios import assert_healthy, host_of, named, ready, run_ok, triage
 
 sys.path.insert(0, str(REPO / "collections"))
 from ansible_collections.cullis.broker.plugins.module_utils._runtime import (  # noqa: E402
@@ -41,51 +42,6 @@ def set_env_value(stack, key: str, value: str) -> None:
     text, n = re.subn(rf"(?m)^{key}=.*$", f"{key}={value}", text)
     assert n == 1, f"{key} not in .env"
     stack.env_file.write_text(text)
-
-
-def ready(stack) -> bool:
-    status, body = stack.get("/readyz", timeout=5)
-    return status == 200 and isinstance(body, dict) and body["checks"].get("redis") == "ok"
-
-
-def assert_healthy(stack) -> None:
-    assert stack.get("/health")[0] == 200
-    assert ready(stack), stack.get("/readyz")
-
-
-def assert_no_secret(stack, result) -> None:
-    out = result.output
-    for value in stack.secret_values():
-        assert value not in out, "a secret of the stack appeared in the playbook output"
-
-
-def triage(stack, remediate: bool = False):
-    """Run triage.yml; returns (result, report dict) - the report is the JSON the run wrote."""
-    reports = stack.dir / "reports"
-    before = set(reports.glob("triage-*.json")) if reports.exists() else set()
-    res = stack.run("playbooks/triage.yml", extra_vars={"remediate": remediate} if remediate else None)
-    new = sorted(set(reports.glob("triage-*.json")) - before)
-    assert new, f"triage wrote no report (rc={res.rc}):\n{res.output[-3000:]}"
-    report = json.loads(new[-1].read_text())
-    md = new[-1].with_suffix(".md").read_text()
-    for value in stack.secret_values():
-        assert value not in md and value not in new[-1].read_text(), "a secret reached the triage report"
-    return res, report
-
-
-def named(report, when="before") -> list[str]:
-    return [i["id"] for i in report[when]["incidents"]]
-
-
-def host_of(report, incident: str, when="before") -> str:
-    return next(i for i in report[when]["incidents"] if i["id"] == incident)["host"]
-
-
-def run_ok(stack, playbook, **kw):
-    res = stack.run(playbook, **kw)
-    assert res.rc == 0, f"{playbook} failed (rc={res.rc}):\n{res.output[-4000:]}"
-    assert_no_secret(stack, res)
-    return res
 
 
 def restart_quietly(rt: ProcessRuntime, name: str) -> None:
@@ -206,17 +162,7 @@ def test_broker_oom_raises_memory_limit(stack):
 def test_redis_stopped_triage_remediates(stack):
     """Runbook section 4 (Recover 1): Redis stopped; triage names redis_down; remediate=true
     restarts it and verifies /readyz redis ok."""
-    rt = runtime(stack)
-    rt.stop("redis")
-    _, report = triage(stack)
-    assert "redis_down" in named(report)
-    assert host_of(report, "redis_down") == "localhost"
-    assert report["before"]["snapshot"]["redis"]["state"] == "down"
-
-    res, report = triage(stack, remediate=True)
-    assert res.rc == 0, res.output[-4000:]
-    assert "redis_down" in report["remediated"] and named(report, "after") == []
-    assert_healthy(stack)
+    scenarios.redis_stopped(stack)
 
 
 def test_redis_password_changed_under_the_broker(stack):

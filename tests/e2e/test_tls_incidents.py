@@ -10,19 +10,13 @@ expect it.
 """
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
-import json
-import ssl
-import urllib.error
-import urllib.request
 
 import pytest
 import yaml
 
-from testkit.ansible import run_module
+from testkit import scenarios
 from testkit.pebble import PebbleServer
-from testkit.pki import CA, now
+from testkit.pki import CA
 from testkit.process import wait_for
 
 pytestmark = pytest.mark.slow
@@ -30,37 +24,10 @@ pytestmark = pytest.mark.slow
 PLAYBOOK = "playbooks/incidents/tls_expired.yml"
 
 
-def served_fingerprint(stack) -> str:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    port = stack.ports["cullis_nginx_port"]
-    with ctx.wrap_socket(__import__("socket").create_connection(("127.0.0.1", port), timeout=10)) as s:
-        return hashlib.sha256(s.getpeercert(binary_form=True)).hexdigest()
-
-
-def fingerprint(issued) -> str:
-    return hashlib.sha256(issued.cert.public_bytes(__import__(
-        "cryptography.hazmat.primitives.serialization", fromlist=["Encoding"]).Encoding.DER)).hexdigest()
-
-
-def health_verified(stack, ca_file) -> int:
-    ctx = ssl.create_default_context(cafile=str(ca_file))  # CA, host name and dates all checked
-    with urllib.request.urlopen(stack.public_url + "/health", context=ctx, timeout=10) as resp:
-        assert json.loads(resp.read())["status"] == "ok"
-        return resp.status
-
-
-def serve_expired(stack):
-    """Replace nginx's certificate with an expired one and reload nginx; returns it."""
-    expired = CA.create("Expired Test CA").server_cert("127.0.0.1", "localhost", days=30,
-                                                        not_before=now() - dt.timedelta(days=45))
-    (stack.dir / "tls" / "nginx.pem").write_bytes(expired.cert_pem)
-    (stack.dir / "tls" / "nginx-key.pem").write_bytes(expired.key_pem)
-    res = run_module("stack_service", {"name": "nginx", "state": "reloaded", "stack_dir": str(stack.dir)})
-    assert not res.failed, res.output
-    wait_for(lambda: served_fingerprint(stack) == fingerprint(expired), 20, "nginx serving the expired cert")
-    return expired
+served_fingerprint = scenarios.served_fingerprint
+fingerprint = scenarios.fingerprint
+health_verified = scenarios.health_verified
+serve_expired = scenarios.serve_expired
 
 
 def assert_clean(stack, result, *extra):
@@ -190,13 +157,4 @@ def test_monitor_renews_an_acme_certificate_under_warn_days(stack, tmp_path):
 
 
 def test_local_ca_reissues_and_the_stack_is_back_to_normal(stack):
-    serve_expired(stack)
-    with pytest.raises(urllib.error.URLError) as failure:
-        health_verified(stack, stack.ca_path)
-    assert isinstance(failure.value.reason, ssl.SSLCertVerificationError)
-    fixed = stack.run(PLAYBOOK, extra_vars={"cullis_tls_mode": "selfsigned"})
-    assert fixed.rc == 0, fixed.output[-3000:]
-    assert "local CA certificate re-issued; nginx reloaded" in fixed.output
-    assert health_verified(stack, stack.ca_path) == 200
-    again = stack.run(PLAYBOOK, extra_vars={"cullis_tls_mode": "selfsigned"})
-    assert again.rc == 0 and again.changed == 0, again.output[-3000:]
+    scenarios.tls_expired_local_ca(stack)

@@ -8,13 +8,12 @@ healthy for the next one.
 from __future__ import annotations
 
 import json
-import os
 import stat
-import subprocess
 import sys
 
 import pytest
 
+from testkit import scenarios
 from testkit.ansible import REPO
 from testkit.process import wait_for
 
@@ -27,17 +26,8 @@ SEALED = "playbooks/incidents/vault_sealed.yml"
 TOKEN = "playbooks/incidents/vault_token_expired.yml"
 
 
-def bao(stack, *args, token: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
-    env.update(BAO_ADDR=stack.vault_addr, BAO_CACERT=str(stack.ca_path))
-    if token:
-        env["BAO_TOKEN"] = token
-    binary = os.path.join(os.path.dirname(sys.executable), "bao")
-    return subprocess.run([binary, *args], env=env, capture_output=True, text=True, check=check, timeout=60)
-
-
-def seal_status(stack) -> dict:
-    return json.loads(bao(stack, "status", "-format=json", check=False).stdout)
+bao = scenarios.bao
+seal_status = scenarios.seal_status
 
 
 def token_valid(stack, token: str) -> bool:
@@ -74,34 +64,7 @@ def test_healthy_stack_changes_nothing(stack):
 
 def test_vault_sealed_recovered(stack):
     """Runbook 3 Recover (sealed): seal the stack's Vault -> vault_sealed.yml -> recovered."""
-    root = stack.vault_keys["root_token"]
-    bao(stack, "operator", "seal", token=root)
-    try:
-        assert seal_status(stack)["sealed"] is True
-        pid = broker_pid(stack)
-
-        check = stack.run(SEALED, check=True, extra_vars=keys_file_vars(stack))
-        assert check.rc == 0, check.output[-3000:]
-        st = seal_status(stack)
-        assert st["sealed"] is True and st["progress"] == 0, "--check submitted a key"
-        assert broker_pid(stack) == pid, "--check restarted the broker"
-
-        res = stack.run(SEALED, extra_vars=keys_file_vars(stack), verbosity=3)
-        assert res.rc == 0, res.output[-4000:]
-        assert res.changed > 0
-        assert seal_status(stack)["sealed"] is False
-        assert broker_pid(stack) != pid, "the broker was not restarted after the unseal"
-        assert readyz_ok(stack), stack.get("/readyz")
-        assert_no_secret(stack, res)
-        for phase in ("confirm", "recover", "verify"):
-            assert f"  vault_sealed  {phase}  " in res.output, f"timeline lacks the {phase} entry"
-
-        again = stack.run(SEALED, extra_vars=keys_file_vars(stack))
-        assert again.rc == 0 and again.changed == 0
-    finally:
-        if seal_status(stack).get("sealed") or not readyz_ok(stack):
-            stack.run(SEALED, extra_vars=keys_file_vars(stack))  # put the stack back for the next test
-            wait_for(lambda: readyz_ok(stack), 120, "broker ready after the test put Vault back")
+    scenarios.vault_sealed(stack, keys_file_vars(stack))
 
 
 def test_vault_token_expired_recovered(stack):

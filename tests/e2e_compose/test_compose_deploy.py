@@ -1,98 +1,28 @@
 """`cullis_runtime: compose` end to end: playbooks/deploy.yml renders the compose project and runs it
 on the test kit's real Docker engine, then the same playbooks as on the process runtime.
 
-One stack for the module (deployed once, on free ports, in a temp dir), the tests in this order:
-deploy + smoke test; the broker killed with SIGKILL and brought back by
-playbooks/incidents/broker_down.yml; the broker over its container memory limit (137, OOMKilled)
-and the recovery raising the limit and persisting it; a redeploy with changed=0 that keeps the
-raised limit; playbooks/down.yml (containers gone, volumes kept) and down -e purge=true (volumes
-and stack directory gone). Images: the kit's local stand-ins for the public images and the broker
-image of the role's Dockerfile (testkit/docker_images.py, cached by content hash), passed through
-the image variables.
+The session's shared `compose_stack` (conftest.py: deployed once on free ports in a temp dir,
+also used by test_compose_incidents.py and test_compose_upstream.py). Here: deploy + smoke test;
+the broker killed with SIGKILL and brought back by playbooks/incidents/broker_down.yml; the broker
+over its container memory limit (137, OOMKilled) and the recovery raising the limit and persisting
+it; a redeploy with changed=0 that keeps the raised limit; and, moved to the very end of the
+session (marker `last`, conftest.py), playbooks/down.yml (containers gone, volumes kept) and down
+-e purge=true (volumes and stack directory gone). Images: the kit's local stand-ins for the public
+images and the broker image of the role's Dockerfile (testkit/docker_images.py, cached by content
+hash), passed through the image variables.
 """
 from __future__ import annotations
 
 import os
-import shutil
-import ssl
-import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
-from testkit.ansible import REPO, run_playbook
-from testkit.docker_engine import LABEL
-from testkit.process import free_port
-
-PORT_VARS = ("cullis_postgres_port", "cullis_redis_port", "cullis_vault_port", "cullis_vault_cluster_port",
-             "cullis_broker_port", "cullis_nginx_port", "cullis_nginx_http_port")
-
-
-class ComposeStack:
-    def __init__(self, base: Path, env: dict, images: dict):
-        self.base = base
-        self.dir = base / "stack"
-        self.env = env
-        ports: list[int] = []
-        while len(ports) < len(PORT_VARS):
-            p = free_port()
-            if p not in ports:
-                ports.append(p)
-        self.ports = dict(zip(PORT_VARS, ports))
-        inv = base / "inventory"
-        (inv / "group_vars" / "all").mkdir(parents=True)
-        shutil.copy(REPO / "inventories" / "local" / "hosts.yml", inv / "hosts.yml")
-        values = yaml.safe_load((REPO / "inventories" / "local" / "group_vars" / "all" / "stack.yml").read_text())
-        values.update(self.ports)
-        values.update({
-            "cullis_stack_dir": str(self.dir),
-            "cullis_runtime": "compose",
-            "cullis_compose_images": {svc: images[svc].tag for svc in ("postgres", "redis", "vault", "nginx")},
-            "cullis_broker_image": images["broker"].tag,
-            "cullis_compose_labels": {LABEL: "e2e_compose_deploy"},
-        })
-        (inv / "group_vars" / "all" / "stack.yml").write_text("---\n" + yaml.safe_dump(values, sort_keys=False))
-        self.inventory = inv
-
-    def run(self, playbook: str, **kwargs):
-        return run_playbook(playbook, inventory=self.inventory, env=self.env, **kwargs)
-
-    def get(self, path: str, timeout: float = 10):
-        ctx = ssl.create_default_context(cafile=str(self.dir / "tls" / "ca.pem"))
-        url = f"https://127.0.0.1:{self.ports['cullis_nginx_port']}{path}"
-        try:
-            with urllib.request.urlopen(url, context=ctx, timeout=timeout) as resp:
-                return resp.status, resp.read()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read()
-        except OSError as exc:
-            return None, str(exc).encode()
-
 
 def _tail(result, n=60):
     return result.explain(n)
-
-
-@pytest.fixture(scope="module")
-def compose_stack(compose_images, compose_env, compose_cli):
-    base = Path(tempfile.mkdtemp(prefix="cullis-e2e-compose-"))
-    base.chmod(0o755)
-    st = ComposeStack(base, compose_env, compose_images)
-    t0 = time.monotonic()
-    st.deploy = st.run("playbooks/deploy.yml")
-    st.deploy_seconds = time.monotonic() - t0
-    try:
-        if st.deploy.rc != 0:
-            pytest.fail(f"compose deploy failed (rc={st.deploy.rc}):\n{_tail(st.deploy)}", pytrace=False)
-        yield st
-    finally:
-        if (st.dir / "compose" / "compose.yml").exists():
-            compose_cli(st.dir / "compose", "down", "-v", "--timeout", "5", check=False)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def containers(docker_engine, st):
@@ -239,10 +169,11 @@ def _project_volumes(docker_engine, st):
             if (v.attrs.get("Labels") or {}).get("com.docker.compose.project") == st.project]
 
 
+@pytest.mark.last
 def test_down_then_purge(compose_stack, docker_engine):
     """playbooks/down.yml on compose: `docker compose down` (containers and network gone, the named
     volumes with the data kept); -e purge=true also removes the volumes and the stack directory.
-    Last test of the module: the stack is gone after it."""
+    Runs after every other test of the session (marker `last`): the shared stack is gone after it."""
     st = compose_stack
     st.project = yaml.safe_load((st.dir / "compose" / "compose.yml").read_text())["name"]
     assert len(_project_volumes(docker_engine, st)) == 2
