@@ -1,27 +1,29 @@
-"""Issue 18 (part 1): Vault/OpenBao as a raft cluster of three on the split topology.
+"""Issue 18: Vault/OpenBao as a raft cluster of three on the split topology.
 
 With CULLIS_SPLIT_VAULT_NODES=3 the session's split topology (conftest `split_stack`) has three Vault
-hosts in cullis_vault: `vault` (the first member: initialised once by the deploy, the brokers'
-VAULT_ADDR) and `vault2`, `vault3` (retry_join over TLS with the stack CA, joined when the deploy
-unsealed them with the keys file read ON THE CONTROLLER). Runbook section 3 "Vault sealed or unreachable" on a cluster:
+hosts in cullis_vault: `vault` (the first member: initialised once by the deploy) and `vault2`,
+`vault3` (retry_join over TLS with the stack CA, joined when the deploy unsealed them with the keys
+file read ON THE CONTROLLER). The brokers' one VAULT_ADDR is the Vault balancer on their own host
+(HAProxy on 127.0.0.1:8210 over the three, health-checked). Runbook section 3 "Vault sealed or
+unreachable" on a cluster:
 
 - one member's process killed (it stays down: supervisord does not restart it), then another member
-  sealed (its process restarted: it comes back sealed, as after a reboot). One at a time: two of
-  three out at once is a lost quorum, not a one-node fault.
+  sealed (its process restarted: it comes back sealed, as after a reboot); then the FIRST member
+  killed. One at a time: two of three out at once is a lost quorum, not a one-node fault.
 - During each fault a poller records every non-200 /readyz through the proxy and every failed read
-  of the broker's Vault secret through the brokers' VAULT_ADDR with the broker's own token: both must
+  of the broker's Vault secret, run on broker1 through its VAULT_ADDR with its own token: both must
   stay at zero (a cluster that keeps its quorum serves on; /readyz alone would hide an outage, since
   the broker caches its keys after warm-up).
 - vault_sealed.yml starts/unseals only the faulty node, touches no other Vault process and restarts
   no broker (an active node stayed); its rerun reports changed=0.
+- A lost quorum (two members killed): vault_sealed.yml starts + unseals both, the brokers are ready.
+- backup.yml takes the raft snapshot through the leader.
 
 Fault injection goes through the containers (docker exec); every test leaves the topology healthy.
 """
 from __future__ import annotations
 
 import json
-import socket
-import ssl
 import threading
 import time
 
@@ -41,6 +43,7 @@ STACK_DIR = "/srv/cullis"
 SUPERVISORCTL = f"supervisorctl -c {STACK_DIR}/supervisor/supervisord.conf"
 BAO = "/opt/cullis/openbao/bin/bao"
 MEMBERS = ("vault", "vault2", "vault3")
+BALANCER = "https://127.0.0.1:8210"
 
 
 def keys(split_stack) -> dict:
@@ -76,20 +79,27 @@ def pid(split_stack, host: str, service: str) -> str:
     return split_stack.sh(host, f"{SUPERVISORCTL} pid {service}").strip()
 
 
-def vault_read(split_stack, token: str) -> int:
-    """GET secret/data/broker as the broker does (its VAULT_ADDR `https://vault:8200`, its token),
-    from the controller to the first member's address on the test bed network; HTTP status or 0."""
-    ctx = ssl.create_default_context(cafile=str(split_stack.controller_dir / "ca.pem"))
-    request = (f"GET /v1/secret/data/broker HTTP/1.1\r\nHost: vault:{split_stack.ports['cullis_vault_port']}\r\n"
-               f"X-Vault-Token: {token}\r\nConnection: close\r\n\r\n").encode()
-    try:
-        with socket.create_connection((split_stack.bed.ip("vault"), split_stack.ports["cullis_vault_port"]),
-                                      timeout=10) as raw, ctx.wrap_socket(raw, server_hostname="vault") as s:
-            s.sendall(request)
-            head = s.recv(64).decode(errors="replace")
-        return int(head.split()[1])
-    except (OSError, ValueError, IndexError):
-        return 0
+# The broker's own Vault read, run ON broker1 with what its .env gives it (VAULT_ADDR: with a raft
+# cluster the local balancer, role cullis.broker.vault tasks/balancer.yml; VAULT_TOKEN; the stack CA):
+# GET secret/data/broker as the broker does. Prints the HTTP status, 0 when no answer came.
+VAULT_READ = f"""
+import ssl, urllib.request, urllib.error
+env = dict(l.split("=", 1) for l in open("{STACK_DIR}/.env").read().splitlines() if "=" in l and not l.startswith("#"))
+req = urllib.request.Request(env["VAULT_ADDR"].rstrip("/") + "/v1/secret/data/broker", headers={{"X-Vault-Token": env["VAULT_TOKEN"]}})
+ctx = ssl.create_default_context(cafile="{STACK_DIR}/tls/ca.pem")
+try:
+    print(urllib.request.urlopen(req, context=ctx, timeout=10).status)
+except urllib.error.HTTPError as e:
+    print(e.code)
+except Exception:
+    print(0)
+"""
+
+
+def vault_read(split_stack, host: str = "broker1") -> int:
+    """The broker's Vault read from `host` through its VAULT_ADDR; HTTP status or 0."""
+    out = split_stack.bed.exec(host, ["python3", "-c", VAULT_READ]).output.strip()
+    return int(out) if out.isdigit() else 0
 
 
 class Poller(threading.Thread):
@@ -98,22 +108,21 @@ class Poller(threading.Thread):
     def __init__(self, split_stack, interval: float = 0.5):
         super().__init__(daemon=True)
         self.split_stack, self.interval = split_stack, interval
-        self.token = split_stack.env_of("broker1")["VAULT_TOKEN"]
         self.samples = 0
         self.failures: list[tuple[float, str, int]] = []
-        self._stop = threading.Event()
+        self._halt = threading.Event()  # not _stop: Thread.join() calls its own _stop()
 
     def run(self):
         t0 = time.monotonic()
-        while not self._stop.is_set():
-            for what, code in (("readyz", readyz(self.split_stack)), ("vault", vault_read(self.split_stack, self.token))):
+        while not self._halt.is_set():
+            for what, code in (("readyz", readyz(self.split_stack)), ("vault", vault_read(self.split_stack))):
                 if code != 200:
                     self.failures.append((round(time.monotonic() - t0, 1), what, code))
             self.samples += 1
-            self._stop.wait(self.interval)
+            self._halt.wait(self.interval)
 
     def stop(self) -> "Poller":
-        self._stop.set()
+        self._halt.set()
         self.join(30)
         return self
 
@@ -131,6 +140,7 @@ def assert_cluster_healthy(split_stack) -> None:
 def test_vault_is_a_raft_cluster_of_three(split_stack):
     """Deploy: three voters, one leader, all unsealed; retry_join over TLS with the stack CA; the keys
     file never on a Vault host; the broker's secret readable on every member."""
+    print(f"split deploy with {len(MEMBERS)} Vault members: {split_stack.deploy_seconds:.0f}s")
     assert_cluster_healthy(split_stack)
     root = keys(split_stack)["root_token"]
     for host in MEMBERS:
@@ -147,9 +157,21 @@ def test_vault_is_a_raft_cluster_of_three(split_stack):
         assert [f for f in found.splitlines() if f and not f.startswith("grep:")] == [], (host, found)
         read = bao(split_stack, host, "kv", "get", "-format=json", "secret/broker", token=root)
         assert read.rc == 0 and "private_key_pem" in json.loads(read.output)["data"]["data"], (host, read.output[-500:])
-    # the brokers use the first member; standbys forward to the active node
+    # the brokers' one VAULT_ADDR is the balancer on their own host, over every member (health checked)
     for broker in ("broker1", "broker2"):
-        assert split_stack.env_of(broker)["VAULT_ADDR"] == "https://vault:8200"
+        assert split_stack.env_of(broker)["VAULT_ADDR"] == BALANCER, broker
+        assert state(split_stack, broker, "vault-balancer") == "RUNNING", broker
+        conf = split_stack.sh(broker, f"cat {STACK_DIR}/vault-balancer/haproxy.cfg")
+        for host in MEMBERS:
+            assert f"server {host} {host}:8200 verifyhost {host}" in conf, (broker, conf)
+        assert "option httpchk GET /v1/sys/health?standbyok=true" in conf
+        assert vault_read(split_stack, broker) == 200, broker
+
+
+def kill_member(split_stack, host: str) -> None:
+    """The member's process killed -9: supervisord leaves it EXITED (autorestart off)."""
+    split_stack.sh(host, f"kill -9 {pid(split_stack, host, 'vault')}")
+    wait(lambda: state(split_stack, host, "vault") != "RUNNING", 30, f"{host}'s vault process down")
 
 
 def _recover_only(split_stack, faulty: str, poller: Poller) -> None:
@@ -177,13 +199,11 @@ def test_one_member_killed_then_one_sealed_broker_stays_ready(split_stack):
     poller.start()
     try:
         # 1. a member's process killed -9: supervisord leaves it EXITED (autorestart off)
-        split_stack.sh("vault2", f"kill -9 {pid(split_stack, 'vault2', 'vault')}")
-        wait(lambda: state(split_stack, "vault2", "vault") != "RUNNING", 30, "vault2's vault process down")
+        kill_member(split_stack, "vault2")
         time.sleep(5)  # the fault lasts: the poller samples the cluster with one member gone
         _recover_only(split_stack, "vault2", poller)
         # 2. another member restarted: it comes back sealed (as after a host reboot)
-        split_stack.sh("vault3", f"kill -9 {pid(split_stack, 'vault3', 'vault')}")
-        wait(lambda: state(split_stack, "vault3", "vault") != "RUNNING", 30, "vault3's vault process down")
+        kill_member(split_stack, "vault3")
         split_stack.sh("vault3", f"{SUPERVISORCTL} start vault")
         wait(lambda: status(split_stack, "vault3").get("sealed") is True, 60, "vault3 up and sealed")
         time.sleep(5)
@@ -194,3 +214,74 @@ def test_one_member_killed_then_one_sealed_broker_stays_ready(split_stack):
     assert poller.samples >= 20, poller.samples
     assert poller.failures == [], f"requests failed during the Vault faults: {poller.failures}"
     assert readyz(split_stack) == 200
+
+
+def test_first_member_killed_broker_reads_through_its_balancer(split_stack):
+    """The member cullis_vault_addr names (the first, initialised once, the leader after the deploy)
+    killed -9: the brokers' one VAULT_ADDR is the balancer on their host, which takes the member out at
+    its first failed health check: the broker's Vault read and /readyz never fail while a new leader is
+    elected and the member is down; vault_sealed.yml starts + unseals only it; rerun changed=0."""
+    assert_cluster_healthy(split_stack)
+    poller = Poller(split_stack)
+    poller.start()
+    try:
+        kill_member(split_stack, "vault")
+        time.sleep(8)  # the fault lasts: a leader election, then the two others serve on
+        _recover_only(split_stack, "vault", poller)
+    finally:
+        poller.stop()
+    print(f"first member killed: poller {poller.samples} samples, failures: {poller.failures}")
+    assert poller.samples >= 10, poller.samples
+    assert poller.failures == [], f"requests failed while the first Vault member was down: {poller.failures}"
+
+
+def test_lost_quorum_two_members_killed_restored(split_stack):
+    """Two of three members killed: no quorum, no active node. vault_sealed.yml starts and unseals
+    both (and only them), waits for a leader, restarts the brokers (their Vault had no active node),
+    the broker's /readyz is 200 again; rerun changed=0."""
+    assert_cluster_healthy(split_stack)
+    vault_pid = pid(split_stack, "vault", "vault")
+    for host in ("vault2", "vault3"):
+        kill_member(split_stack, host)
+    # the survivor alone is no quorum: it loses its leadership (no active node anywhere)
+    wait(lambda: not any(s["leader"] for s in peers(split_stack)), 60, "no raft leader left")
+    print(f"lost quorum: the broker's Vault read answers {vault_read(split_stack)}")
+    t0 = time.monotonic()
+    first, again = run_twice(split_stack, "playbooks/incidents/vault_sealed.yml")
+    print(f"vault_sealed on a lost quorum: recovery + rerun {time.monotonic() - t0:.1f}s")
+    out = " ".join(first.output.split())
+    assert "https://vault2:8200" in out and "https://vault3:8200" in out
+    assert "restarted the broker" in out, first.output[-3000:]
+    assert pid(split_stack, "vault", "vault") == vault_pid, "the surviving member was restarted"
+    assert_cluster_healthy(split_stack)
+    assert readyz(split_stack) == 200
+    assert vault_read(split_stack) == 200 and vault_read(split_stack, "broker2") == 200
+    assert_no_secret(split_stack, first, again)
+
+
+def leader_host(split_stack) -> str:
+    """The inventory host of the raft leader (node ids cullis-vault-<position in MEMBERS>)."""
+    leader = [s["node_id"] for s in peers(split_stack) if s["leader"]]
+    assert len(leader) == 1, leader
+    return MEMBERS[int(leader[0].rsplit("-", 1)[1]) - 1]
+
+
+def test_snapshot_is_taken_from_the_leader(split_stack):
+    """backup.yml on the raft of three: vault_snapshot gets every member and takes the raft snapshot
+    through the active node (the leader, wherever the earlier faults moved it); the set holds it."""
+    assert_cluster_healthy(split_stack)
+    leader = leader_host(split_stack)
+    t0 = time.monotonic()
+    res = split_stack.run("playbooks/backup.yml")
+    print(f"backup.yml on the raft of three: {time.monotonic() - t0:.1f}s (leader {leader})")
+    assert res.rc == 0, res.explain()
+    snaps = [r for play in res.data.get("plays", []) for task in play.get("tasks", [])
+             if (task.get("task", {}).get("name") or "").endswith("Vault raft snapshot (the broker signing key lives in Vault)")
+             for r in task.get("hosts", {}).values() if not r.get("skipped")]
+    assert len(snaps) == 1 and snaps[0].get("changed"), snaps
+    assert snaps[0]["node"] == f"https://{leader}:8200", (snaps[0]["node"], leader)
+    assert snaps[0]["size"] > 0 and len(snaps[0]["sha256"]) == 64
+    sets = sorted((split_stack.controller_dir / "backups").glob("set-*"))
+    assert sets and list(sets[-1].glob("vault_*.snap*")), sets
+    assert_no_secret(split_stack, res)
+

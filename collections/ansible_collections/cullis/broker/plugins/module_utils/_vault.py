@@ -226,24 +226,32 @@ def clients_from_module(module):
 
 
 def active_client(clients):
-    """The first node of `clients` that answers and is unsealed (else the first that answers).
+    """The node of `clients` to act on the cluster through (vault_snapshot): the active node (the raft
+    leader) when one of them is; else the first unsealed standby (it forwards to the active node); else
+    the first that answers.
 
-    For modules that act on the cluster through one node (vault_snapshot). Raises VaultError naming
-    every node's problem when none answers."""
+    Raises VaultError naming every node's problem when none answers."""
     if len(clients) == 1:
         return clients[0]
-    answering, errors = None, []
+    answering = unsealed = None
+    errors = []
     for client in clients:
         try:
             status = client.seal_status()
         except VaultError as e:
             errors.append(str(e))
             continue
-        if not status.get('sealed'):
-            return client
         answering = answering or client
-    if answering is not None:
-        return answering
+        if status.get('sealed'):
+            continue
+        try:
+            if client.leader().get('is_self'):
+                return client
+        except VaultError as e:
+            errors.append(str(e))
+        unsealed = unsealed or client
+    if unsealed or answering:
+        return unsealed or answering
     raise VaultError("no Vault node answered: %s" % '; '.join(errors))
 
 

@@ -19,8 +19,9 @@ description:
     C(sys/storage/raft/snapshot-force) (works into a fresh cluster, e.g. the DR drill's staging
     Vault). This replaces all Vault data, so it needs O(confirm=true). Afterwards the cluster holds
     the source cluster's data, that is its tokens and, after a restart, its unseal keys.
-  - With several nodes in O(url), the first that answers and is unsealed is used (the first that
-    answers when all are sealed); a single O(url) is used as given.
+  - With several nodes in O(url) (the members of a raft cluster), the active node (the leader) is used;
+    with none active among them, the first unsealed standby (it forwards to the active node), else
+    the first that answers. A single O(url) is used as given.
 version_added: 0.1.0
 author: Cullis operations team (!UNKNOWN)
 extends_documentation_fragment:
@@ -116,6 +117,10 @@ sealed:
       with the B(source) cluster's unseal keys (M(cullis.broker.vault_unseal)).
   returned: state=restored
   type: bool
+node:
+  description: The API address of the Vault node the snapshot was taken from or restored through.
+  returned: success
+  type: str
 plan:
   description: Steps taken (or planned in check mode).
   returned: always
@@ -329,6 +334,8 @@ def main():
     except (IOError, OSError) as e:
         module.fail_json(msg="state=%s failed: %s" % (
             module.params['state'], pb.describe_os_error(e, getattr(e, 'filename', None) or module.params['path'])))
+    if job._client is not None:
+        job.result['node'] = job._client.url
     module.exit_json(**job.result)
 
 
