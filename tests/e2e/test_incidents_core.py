@@ -142,7 +142,7 @@ def test_broker_oom_raises_memory_limit(stack):
         assert broker["exit_class"] == "oom", broker
 
         res = run_ok(stack, "playbooks/incidents/broker_down.yml")
-        assert "--memory-limit-mb 512" in conf.read_text()
+        assert "--memory-limit-mb 512" in conf.read_text(), res.output[-6000:]
         assert "512 MB" in res.output
         # persisted in the inventory, so the next deploy keeps the raised limit
         assert yaml.safe_load(persisted.read_text()) == {"cullis_broker_memory_limit_mb": 512}
