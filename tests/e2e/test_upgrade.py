@@ -181,7 +181,8 @@ def test_check_mode_prints_the_plan_and_pending_migrations(stack, trees):
 def test_failed_migration_rolls_back_to_the_old_version_with_every_row(stack, trees):
     add_org(stack)
     before, version_before = snapshot(stack), health(stack)["version"]
-    res = stack.run("playbooks/upgrade.yml", extra_vars={"cullis_broker_src": str(trees["broken"])})
+    # -vvv: not even the rollback (restore, .env re-read) prints a secret
+    res = stack.run("playbooks/upgrade.yml", extra_vars={"cullis_broker_src": str(trees["broken"])}, verbosity=3)
     try:
         assert res.rc != 0, "a failed upgrade must fail the run"
         report = res.task_results("Upgrade failed and was rolled back")
@@ -226,7 +227,7 @@ def test_upgrade_to_a_release_with_one_more_migration_then_rerun_changes_nothing
     next_tree = str(trees["next"])
     add_org(stack)
     before, before_jti_expiry = rows(stack), jti_expiry(stack)
-    res = stack.run("playbooks/upgrade.yml", extra_vars={"cullis_broker_src": next_tree})
+    res = stack.run("playbooks/upgrade.yml", extra_vars={"cullis_broker_src": next_tree}, verbosity=3)  # -vvv: no secret
     assert res.rc == 0, res.output[-4000:]
     assert revision(stack) == NEXT_REV
     assert health(stack)["version"] == "0.2.0-next"

@@ -144,3 +144,30 @@ def test_unknown_service_fails_with_a_clear_message(stack_dir):
     svc(stack_dir, "started")
     res = run_module("stack_service", {"name": "nope", "state": "started", "stack_dir": str(stack_dir)})
     assert res.failed and "not configured" in res.result["msg"]
+
+
+def test_stop_runs_in_the_background_with_async(stack_dir, tmp_path_factory):
+    """The rolling restart (roles/broker/tasks/drain_restart.yml) stops the broker with async/poll 0
+    and watches its drain meanwhile: the module's action plugin must accept async, and the job must
+    really stop the service (async_status reports it finished, the process is gone)."""
+    import yaml
+
+    from testkit.ansible import run_playbook
+
+    pid = svc(stack_dir, "started").result["pid"]
+    play = [{"hosts": "localhost", "gather_facts": False, "connection": "local",
+             "vars": {"ansible_python_interpreter": sys.executable},
+             "tasks": [
+                 {"name": "stop in the background",
+                  "cullis.broker.stack_service": {"name": "app", "state": "stopped", "stack_dir": str(stack_dir)},
+                  "async": 60, "poll": 0, "register": "stopping"},
+                 {"name": "the stop completes", "ansible.builtin.async_status": {"jid": "{{ stopping.ansible_job_id }}"},
+                  "register": "stopped", "until": "stopped.finished", "retries": 30, "delay": 1}]}]
+    work = tmp_path_factory.mktemp("async")
+    (work / "hosts").write_text("localhost ansible_connection=local\n")
+    (work / "play.yml").write_text(yaml.safe_dump(play))
+    res = run_playbook(work / "play.yml", inventory=work / "hosts")
+    assert res.rc == 0, res.explain()
+    done = res.task_results("the stop completes")
+    assert done and done[0]["changed"] and done[0]["state"] == "STOPPED", done
+    assert gone(pid)

@@ -41,7 +41,9 @@ class RuntimeDefaultsAction(ActionBase):
     """Run `module` with the runtime options the task leaves out taken from the host's inventory."""
 
     _supports_check_mode = True
-    _supports_async = False
+    # as ansible.builtin.normal: a task may run the module in the background (async/poll: the
+    # rolling restart's stop runs while the drain is watched)
+    _supports_async = True
     module = None
 
     def runtime_args(self, task_vars):
@@ -57,6 +59,10 @@ class RuntimeDefaultsAction(ActionBase):
     def run(self, tmp=None, task_vars=None):
         result = super(RuntimeDefaultsAction, self).run(tmp, task_vars)
         del tmp
+        wrap_async = self._task.async_val and not self._connection.has_native_async
         result.update(self._execute_module(module_name=self.module, module_args=self.runtime_args(task_vars),
-                                           task_vars=task_vars))
+                                           task_vars=task_vars, wrap_async=wrap_async))
+        if not wrap_async:
+            # the async wrapper still needs the module's files; the job's own cleanup removes them
+            self._remove_tmp_path(self._connection._shell.tmpdir)
         return result
