@@ -106,7 +106,9 @@ def test_rolling_restart_under_load(split_stack, ha, tmp_path):
     print(f"rolling restart under load: {out['restart_seconds']}s, {out['sent']} requests, {out['failed']} failed")
     assert res.rc == 0, res.output[-4000:]
     assert_no_failure(report)
-    assert report["sent"] >= 30 and report["logins"] >= 2, report
+    # the load kept running through the whole restart (about 0.65 requests/s: at least one every 2 s)
+    assert report["seconds"] >= out["restart_seconds"], report
+    assert report["sent"] >= out["restart_seconds"] / 2 and report["logins"] >= 2, (out["restart_seconds"], report)
     for h in BROKERS:
         assert broker_pid(split_stack, h) not in ("", "0", pids[h]), f"the broker on {h} was not restarted"
         assert state(split_stack, h, "broker") == "RUNNING"
