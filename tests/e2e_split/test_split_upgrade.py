@@ -57,9 +57,22 @@ def batches(result) -> list[list[str]]:
             for play in result.data.get("plays", []) if play.get("play", {}).get("name") == BATCH_PLAY]
 
 
+def later_tests_use_the_split_stack(request) -> bool:
+    """Whether a test after this module in the session uses the shared split stack."""
+    items = request.session.items
+    mine = [i for i, item in enumerate(items) if item.module is request.module]
+    return any("split_stack" in item.fixturenames for item in items[(max(mine) + 1 if mine else 0):])
+
+
 @pytest.fixture(scope="module")
-def back_to_broker_src(split_stack, next_tree):
+def back_to_broker_src(request, split_stack, next_tree):
+    """The stack back on broker_src for the tests after this module. When none of them uses the
+    split stack (this module runs last of those that do), the restore - a second upgrade, about
+    2-3 minutes - buys nothing: the stack is torn down with the test bed."""
     yield
+    if not later_tests_use_the_split_stack(request):
+        print("\nsplit stack left on the next tree: no later test of this session uses it")
+        return
     env = split_stack.env_of("broker1")
     if revision(split_stack) == NEXT_REV:  # the extra migration, downgraded by the tree that has it
         res = split_stack.bed.exec(
