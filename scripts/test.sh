@@ -65,11 +65,13 @@ run_split() {
 # Background stages print with a prefix (`[split] `, `[modules] `); CULLIS_TEST_SERIAL=1 runs every
 # stage one after the other (for reading a failure in order).
 bg_pids=()
+bg_logs=()
 background() {  # background NAME FUNCTION
   local log
   log=$(mktemp -t "cullis-$1-stage.XXXXXX")
   ( stage "$1" "$2"; [ ${#failed[@]} -eq 0 ] ) > >(sed -u "s/^/[$1] /" | tee "$log") 2>&1 &
   bg_pids+=("$1:$!")
+  bg_logs+=("$1:$log")
   echo "=== stage $1: running in the background (pid $!, log $log)"
 }
 if [ "$what" = all ] && [ -z "${CULLIS_TEST_SERIAL:-}" ]; then
@@ -91,6 +93,15 @@ esac
 for x in "${bg_pids[@]}"; do
   echo "=== waiting for the background ${x%%:*} stage (pid ${x#*:})"
   wait "${x#*:}" || failed+=("${x%%:*}")
+done
+
+# A background stage's failures scroll by long before the run ends, and CI keeps only the tail of
+# the output: repeat each failed test's summary line (pytest's `FAILED`/`ERROR` lines) last.
+for x in "${bg_logs[@]}"; do
+  name=${x%%:*}
+  for f in "${failed[@]}"; do
+    [ "$f" = "$name" ] && grep -E "^\[$name\] (FAILED|ERROR) " "${x#*:}" | sed "s/^/(repeated) /"
+  done
 done
 
 if [ ${#failed[@]} -gt 0 ]; then echo "FAILED stages: ${failed[*]}"; exit 1; fi
