@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from testkit.ansible import run_module
+from testkit.ansible import run_module, run_playbook
 from testkit.pki import CA, now
 from testkit.process import wait_for
 
@@ -181,6 +181,34 @@ def backup_tamper_restore(stack, tamper: bool = True) -> None:
     assert "data-loss window" in res.output
     assert_ready_db(stack)
     drop_pre_restore(stack)
+
+
+def dr_drill(stack, staging_inventory, staging_dir: Path, extra_vars: dict | None = None) -> None:
+    """Backups, the quarterly drill: a fresh backup set of `stack`, then playbooks/dr_drill.yml with
+    the staging inventory (same runtime, other ports and state directory): staging deployed, the
+    source's Postgres and Vault restored into it, the smoke test passes, staging torn down. The
+    source stack is left as it was (ready). `extra_vars` reach the drill's inner plays: a
+    command-line APP_VERSION proves it (issue 14)."""
+    take_backup(stack)
+    extra = dict(extra_vars or {}, dr_source_stack_dir=str(stack.dir))
+    version = f"dr-{uuid.uuid4().hex[:8]}"
+    extra["cullis_broker_extra_environment"] = dict(extra.get("cullis_broker_extra_environment") or {},
+                                                    APP_VERSION=version)
+    env = stack.playbook_env()
+    try:
+        res = run_playbook("playbooks/dr_drill.yml", inventory=staging_inventory, extra_vars=extra, env=env,
+                           timeout=3600)
+    finally:
+        if staging_dir.exists():  # the drill tears staging down itself; this only runs if it could not
+            run_playbook("playbooks/down.yml", inventory=staging_inventory, extra_vars=dict(extra, purge=True),
+                         env=env, timeout=600)
+    report = [r.get("msg") for r in res.task_results("DR drill report")]
+    assert res.rc == 0, report or res.output[-4000:]
+    assert "DR DRILL PASS" in str(report) and "smoke test passed" in str(report)
+    assert f"staging broker: version {version}" in str(report), report  # the -e vars reached the inner runs
+    assert_no_secret(stack, res)
+    assert not staging_dir.exists()
+    assert_ready_db(stack)
 
 
 # ---- runbook section 3: Vault sealed ----------------------------------------------------------

@@ -14,13 +14,12 @@ import json
 import shutil
 import sys
 import tempfile
-import uuid
 from pathlib import Path
 
 import pytest
 
 from testkit import scenarios
-from testkit.ansible import REPO, run_module, run_playbook
+from testkit.ansible import REPO, run_module
 from testkit.scenarios import assert_no_secret, assert_ready_db as assert_ready, drop_pre_restore  # noqa: F401 (test_failsafe_playbooks)
 from testkit.process import free_port
 
@@ -118,8 +117,8 @@ def test_postgres_down_corruption_restores_newest_verified_backup(stack):
 
 
 def test_dr_drill_restores_into_staging_and_smoke_passes(stack, tmp_path):
-    """Backups — the quarterly drill: restore Postgres + Vault into staging, smoke test passes."""
-    backup(stack)
+    """Backups — the quarterly drill: restore Postgres + Vault into staging, smoke test passes
+    (the same scenario runs on the compose runtime: tests/e2e_compose/test_compose_dr.py)."""
     base = Path(tempfile.mkdtemp(prefix="cullis-dr-"))
     base.chmod(0o755)  # the postgres OS user must traverse it
     staging_dir = base / "staging"
@@ -131,23 +130,8 @@ def test_dr_drill_restores_into_staging_and_smoke_passes(stack, tmp_path):
             port = free_port()
         ports.add(port)
         extra[name] = port
-    extra.update(cullis_stack_dir=str(staging_dir), dr_source_stack_dir=str(stack.dir), **stack.extra_vars)
-    # a command-line variable that only the inner deploy can bring to the staging broker (issue 14)
-    version = f"dr-{uuid.uuid4().hex[:8]}"
-    extra["cullis_broker_extra_environment"] = dict(extra.get("cullis_broker_extra_environment") or {},
-                                                    APP_VERSION=version)
+    extra.update(cullis_stack_dir=str(staging_dir), **stack.extra_vars)
     try:
-        res = run_playbook("playbooks/dr_drill.yml", inventory="inventories/staging-local", extra_vars=extra,
-                           timeout=3600)
+        scenarios.dr_drill(stack, "inventories/staging-local", staging_dir, extra)
     finally:
-        if staging_dir.exists():  # the drill tears staging down itself; this only runs if it could not
-            run_playbook("playbooks/down.yml", inventory="inventories/staging-local",
-                         extra_vars=dict(extra, purge=True), timeout=600)
         shutil.rmtree(base, ignore_errors=True)
-    report = [r.get("msg") for r in res.task_results("DR drill report")]
-    assert res.rc == 0, report or res.output[-4000:]
-    assert "DR DRILL PASS" in str(report) and "smoke test passed" in str(report)
-    assert f"staging broker: version {version}" in str(report), report  # the -e vars reached the inner runs
-    assert_no_secret(stack, res)
-    assert not staging_dir.exists()
-    assert_ready(stack)
