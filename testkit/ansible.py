@@ -127,6 +127,17 @@ class PlaybookResult:
                                      f"{json.dumps(msg) if not isinstance(msg, str) else msg}")
         return found
 
+    def changes(self) -> list[str]:
+        """'host | task' of every result that reported changed (json callback only): what a rerun
+        that should report changed=0 did."""
+        found = []
+        for play in self.data.get("plays", []):
+            for task in play.get("tasks", []):
+                for host, res in task.get("hosts", {}).items():
+                    if res.get("changed"):
+                        found.append(f"{host} | {task.get('task', {}).get('name')}")
+        return found
+
     def explain(self, lines: int = 40) -> str:
         """For an assertion message: the failed tasks' messages, then the end of the output."""
         return "\n".join(["failed tasks:", *self.failures(), "--- output tail:",
