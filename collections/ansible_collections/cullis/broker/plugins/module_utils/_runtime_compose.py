@@ -242,6 +242,25 @@ class ComposeRuntime(RuntimeBase):
                 c = None
         return status_from_inspect(name, c.attrs if c is not None else None)
 
+    def oom_events(self, name, since):
+        """Epoch times of the engine's `oom` events for the service's current container since `since`.
+
+        A container whose restart policy brought it back after an OOM kill no longer says so: the
+        engine clears State.OOMKilled (and the exit code) when it starts the container again. Under
+        `restart: always` / `unless-stopped` (upstream's prod file) an over-limit broker flaps
+        between a short start and a restart back-off, so its state alone is an OOM only half of the
+        time. The engine keeps its recent events in memory; they still show the kills."""
+        c = self.container(name)
+        if c is None:
+            return []
+        now = int(time.time())
+        try:
+            events = self.client.events(since=int(since), until=now, decode=True,
+                                        filters={'container': c.id, 'event': 'oom'})
+            return sorted(int(e.get('time') or 0) for e in events)
+        except DockerException:  # the engine's event log is extra evidence: without it, the state alone
+            return []
+
     # ---- compose CLI (create / re-create from the project's config) ------------------------
     def compose_command(self):
         if self._compose_command:

@@ -109,7 +109,12 @@ services:
       returned: always
     oom:
       description: "Out of memory was detected, and how (C(memory_error), C(kernel_oom_kill), C(cgroup),
-        C(container) - the engine's C(State.OOMKilled) with O(runtime=compose)), or null."
+        C(container) - a stopped container's C(State.OOMKilled) with O(runtime=compose);
+        C(container_restarted) - a container that its restart policy runs again after an OOM kill within
+        the last 10 minutes: the engine's C(State.OOMKilled) with the last exit's time, or its C(oom)
+        events where the engine clears the flag on the restart), or null.
+        A running service keeps V(running) as its exit class; the incident playbooks treat a
+        running broker that is not ready with this set as an OOM."
       type: str
       returned: always
     cgroup_oom_kills:
@@ -172,6 +177,7 @@ services:
 import os
 import re
 import subprocess
+import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.cullis.broker.plugins.module_utils._broker import read_env_file
@@ -184,6 +190,8 @@ from ansible_collections.cullis.broker.plugins.module_utils._runtime import (
 
 SUPERVISOR_LOG_CANDIDATES = ('supervisor/supervisord.log', 'logs/supervisord.log')
 ANALYSIS_LINES = 400
+# how far back the engine's oom events of a restarted container count (compose runtime)
+OOM_LOOKBACK = 600
 
 
 def supervisor_log_lines(stack_dir):
@@ -254,8 +262,14 @@ def describe(name, status, svc_lines, sup_lines, redact, log_lines, stack_dir=''
         exit_code, signal_name = status.get('exit_code'), status.get('signal')
     run = last_run(svc_lines)
     oom = None
-    if engine and status['oom_killed']:
+    if engine and status['oom_killed'] and not status['running']:
         oom = 'container'
+    elif engine and status['running'] and (status.get('oom_events') or (
+            status['oom_killed'] and (status.get('stop') or 0) >= time.time() - OOM_LOOKBACK)):
+        # running again (its restart policy) after a recent OOM kill: the engine's OOMKilled of the
+        # last exit (engines that keep it while the container runs) or its oom events (engines that
+        # clear it on the restart); an OOM long before this run is not evidence of anything now
+        oom = 'container_restarted'
     elif any(re.search(r'\bMemoryError\b|Cannot allocate memory', line) for line in run) and not status['running']:
         oom = 'memory_error'
     elif signal_name == 'SIGKILL' and exit_ev and kernel_oom_killed(exit_ev.get('pid'), kernel_log):
@@ -314,6 +328,9 @@ def main():
         services = {}
         for name in names:
             status = rt.status(name)
+            if (status.get('running') and status.get('restart_count') and not status.get('oom_killed')
+                    and hasattr(rt, 'oom_events')):
+                status['oom_events'] = rt.oom_events(name, since=time.time() - OOM_LOOKBACK)
             svc_lines = rt.logs(name, ANALYSIS_LINES).splitlines()
             services[name] = describe(name, status, svc_lines, sup_lines, redact, max(p['log_lines'], 0),
                                       stack_dir, kernel_log)

@@ -12,11 +12,13 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import time
+
 import pytest
 
 from ansible_collections.cullis.broker.plugins.module_utils._runtime import RuntimeErrorCullis, get_runtime
 from ansible_collections.cullis.broker.plugins.module_utils._runtime_compose import (
-    LABEL_PROJECT, LABEL_SERVICE, LABEL_WORKDIR, ComposeRuntime, parse_docker_time, signal_of_exit,
+    LABEL_PROJECT, LABEL_SERVICE, LABEL_WORKDIR, ComposeRuntime, DockerException, parse_docker_time, signal_of_exit,
     status_from_inspect)
 from ansible_collections.cullis.broker.plugins.module_utils._redact import Redactor
 from ansible_collections.cullis.broker.plugins.modules.service_info import describe
@@ -36,6 +38,7 @@ def inspect(status='running', exit_code=0, oom=False, restarts=0, health=None, n
 class FakeContainer(object):
     def __init__(self, service, attrs, project_dir='/srv/stack/compose', project='compose'):
         self.attrs = attrs
+        self.id = attrs['Id']
         self.name = attrs['Name'].lstrip('/')
         self.labels = {LABEL_SERVICE: service, LABEL_WORKDIR: project_dir, LABEL_PROJECT: project}
         self.calls = []
@@ -80,9 +83,19 @@ def has_labels(container, wanted):
 
 
 class FakeClient(object):
-    def __init__(self, containers, up=True):
+    def __init__(self, containers, up=True, events=(), events_fail=False):
         self.containers = FakeContainers(containers)
         self.up = up
+        self._events, self.events_fail, self.event_queries = list(events), events_fail, []
+
+    def events(self, since=None, until=None, filters=None, decode=False):
+        """The engine's event log: `until` makes it a finite stream, as the runtime asks."""
+        self.event_queries.append(dict(since=since, until=until, filters=filters, decode=decode))
+        if self.events_fail:
+            raise DockerException('events: connection reset')
+        assert until is not None, 'without until the engine streams forever'
+        return iter([e for e in self._events if since <= e['time'] <= until
+                     and e['id'] == filters['container'] and e['status'] == filters['event']])
 
     def ping(self):
         if not self.up:
@@ -190,3 +203,41 @@ def test_service_info_exit_class_from_the_container(attrs, expected):
     info = describe('broker', status, ['starting', 'boom'], [], Redactor([]), 10)
     assert (info['exit_class'], info['oom'], info['shell_exit_code']) == expected
     assert info['restarts'] == 0 and info['cgroup_oom_kills'] is None
+
+
+def test_oom_events_of_the_current_container_only():
+    now = int(time.time())
+    events = [dict(id='c0ffee', status='oom', time=now - 30), dict(id='c0ffee', status='oom', time=now - 5),
+              dict(id='c0ffee', status='oom', time=now - 3600),  # before the window
+              dict(id='deadbeef', status='oom', time=now - 5),  # another (an older, re-created) container
+              dict(id='c0ffee', status='die', time=now - 5)]
+    client = FakeClient([FakeContainer('broker', inspect('running', restarts=4))], events=events)
+    rt = ComposeRuntime('/srv/stack', timeout=2, client=client, project_dir='/srv/stack/compose')
+    assert rt.oom_events('broker', since=now - 600) == [now - 30, now - 5]
+    assert client.event_queries[-1]['decode'] is True
+    assert rt.oom_events('vault', since=now - 600) == []  # no container: nothing asked
+    failing = ComposeRuntime('/srv/stack', timeout=2, project_dir='/srv/stack/compose',
+                             client=FakeClient([FakeContainer('broker', inspect())], events_fail=True))
+    assert failing.oom_events('broker', since=now - 600) == []  # extra evidence only: never an error
+
+
+def test_running_again_after_oom_kills_is_reported_not_reclassified():
+    """A restart policy started it again: it runs, so its exit class is `running`, and `oom` says a
+    recent OOM kill happened - from the engine's events (engines that clear OOMKilled on the restart)
+    or from OOMKilled with the last exit's time (engines that keep it); an old one is not evidence."""
+    now = int(time.time())
+
+    def info(**state):
+        status = status_from_inspect('broker', inspect('running', restarts=3, **state))
+        return status, describe('broker', status, ['starting'], [], Redactor([]), 10)
+
+    status = info()[0]
+    status['oom_events'] = [now - 4]
+    got = describe('broker', status, ['starting'], [], Redactor([]), 10)
+    assert (got['exit_class'], got['oom'], got['restarts']) == ('running', 'container_restarted', 3)
+    assert info()[1]['oom'] is None  # no evidence at all
+    recent = time.strftime('%Y-%m-%dT%H:%M:%S.5Z', time.gmtime(now - 20))
+    assert info(oom=True, finished=recent)[1]['oom'] == 'container_restarted'
+    assert info(oom=True, finished='2026-01-01T00:00:00Z')[1]['oom'] is None  # an OOM of long ago
+    stopped = status_from_inspect('broker', inspect('exited', 137, oom=True, finished='2026-01-01T00:00:00Z'))
+    assert describe('broker', stopped, [], [], Redactor([]), 10)['oom'] == 'container'  # its last exit, however old
