@@ -245,11 +245,11 @@ class ComposeRuntime(RuntimeBase):
     def oom_events(self, name, since):
         """Epoch times of the engine's `oom` events for the service's current container since `since`.
 
-        A container whose restart policy brought it back after an OOM kill no longer says so: the
-        engine clears State.OOMKilled (and the exit code) when it starts the container again. Under
-        `restart: always` / `unless-stopped` (upstream's prod file) an over-limit broker flaps
-        between a short start and a restart back-off, so its state alone is an OOM only half of the
-        time. The engine keeps its recent events in memory; they still show the kills."""
+        Under `restart: always` / `unless-stopped` (upstream's prod file) an over-limit broker flaps
+        between a short start and a restart back-off. Engines differ in what the running phase
+        shows: the test kit's dockerd keeps State.OOMKilled (and FinishedAt) of the last exit while
+        the container runs again; engines that clear it on the restart leave only their event log,
+        which they keep in memory for recent events (service_info asks only then)."""
         c = self.container(name)
         if c is None:
             return []
