@@ -118,25 +118,23 @@ class PlaybookResult:
     def failures(self) -> list[str]:
         """'host | task | msg' of every failed or unreachable task result (json callback only)."""
         found = []
-        for play in self.data.get("plays", []):
-            for task in play.get("tasks", []):
-                for host, res in task.get("hosts", {}).items():
-                    if res.get("failed") or res.get("unreachable"):
-                        msg = res.get("msg", "")
-                        found.append(f"{host} | {task.get('task', {}).get('name')} | "
-                                     f"{json.dumps(msg) if not isinstance(msg, str) else msg}")
+        for host, name, res in self._results():
+            if res.get("failed") or res.get("unreachable"):
+                msg = res.get("msg", "")
+                found.append(f"{host} | {name} | {json.dumps(msg) if not isinstance(msg, str) else msg}")
         return found
 
     def changes(self) -> list[str]:
         """'host | task' of every result that reported changed (json callback only): what a rerun
         that should report changed=0 did."""
-        found = []
+        return [f"{host} | {name}" for host, name, res in self._results() if res.get("changed")]
+
+    def _results(self):
+        """(host, task name, result) of every task result, in order (json callback only)."""
         for play in self.data.get("plays", []):
             for task in play.get("tasks", []):
                 for host, res in task.get("hosts", {}).items():
-                    if res.get("changed"):
-                        found.append(f"{host} | {task.get('task', {}).get('name')}")
-        return found
+                    yield host, task.get("task", {}).get("name"), res
 
     def explain(self, lines: int = 40) -> str:
         """For an assertion message: the failed tasks' messages, then the end of the output."""

@@ -42,6 +42,19 @@ MAX_SLOTS = 4
 NFT_TABLES = (("ip", "nat"), ("ip", "filter"))
 
 
+def wait_container(container, done, timeout: float, what: str) -> dict:
+    """The container's `docker inspect` once `done(attrs)` holds (polled every 0.5 s), else an
+    AssertionError naming `what`, the last state and restart count."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        container.reload()
+        if done(container.attrs):
+            return container.attrs
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}: {container.attrs['State']}, "
+                         f"RestartCount {container.attrs.get('RestartCount')}")
+
+
 def cache_root() -> Path:
     explicit = os.environ.get("CULLIS_TESTBED_CACHE")
     if explicit:

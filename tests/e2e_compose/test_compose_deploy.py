@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from testkit.docker_engine import wait_container
+
 
 def _tail(result, n=60):
     return result.explain(n)
@@ -97,27 +99,14 @@ def test_broker_sigkill_recovered_by_broker_down(compose_stack, docker_engine):
     assert st.get("/readyz")[0] == 200
 
 
-def _wait_attrs(container, done, timeout, what):
-    """The container's `docker inspect` once `done(attrs)` holds (polled every 0.5 s)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        container.reload()
-        if done(container.attrs):
-            return container.attrs
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}: {container.attrs['State']}, "
-                         f"RestartCount {container.attrs.get('RestartCount')}")
-
-
 def test_broker_oom_raises_and_persists_the_memory_limit(compose_stack, docker_engine, compose_cli):
     """Runbook section 1 (Exit 137: OOM killed; "bump memory in the compose file ... docker compose
     up -d") on compose: the operator's compose file gives the broker 40 MB and keeps the project's
     restart policy (unless-stopped; upstream's prod file says always), so the container flaps: killed
-    by the engine (137, OOMKilled=true), restarted, killed again. In the restarted phase the engine
-    has cleared OOMKilled; broker_down.yml classifies it as oom in either phase (service_info: the
-    engine's oom events), raises the limit to 512 MB in the compose project (through the broker
-    role's compose path: the container re-created with it), persists it in the inventory's host_vars
-    and verifies."""
+    by the engine (137, OOMKilled=true), restarted, killed again. broker_down.yml classifies it as
+    oom in either phase (running but not ready: service_info's oom=container_restarted), raises the
+    limit to 512 MB in the compose project (through the broker role's compose path: the container
+    re-created with it), persists it in the inventory's host_vars and verifies."""
     st = compose_stack
     project_dir = st.dir / "compose"
     persisted = st.inventory / "host_vars" / "localhost" / "cullis_broker_memory.yml"
@@ -130,7 +119,7 @@ def test_broker_oom_raises_and_persists_the_memory_limit(compose_stack, docker_e
     broker = containers(docker_engine, st)["broker"]
     assert broker.attrs["HostConfig"]["Memory"] == 40 * 1024 * 1024
     # flapping: killed and restarted by its policy, at least twice
-    killed = _wait_attrs(broker, lambda a: a["RestartCount"] >= 2, 240, "the broker to be restarted twice")
+    killed = wait_container(broker, lambda a: a["RestartCount"] >= 2, 240, "the broker to be restarted twice")
     assert killed["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
     ooms = docker_engine.client.events(since=int(time.time()) - 600, until=int(time.time()), decode=True,
                                        filters={"container": broker.id, "event": "oom"})

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from testkit.ansible import run_module
-from testkit.docker_engine import LABEL
+from testkit.docker_engine import LABEL, wait_container
 
 ADMIN_SECRET = "compose-admin-secret-5f1e9c0d7b"
 BROKER_SCRIPT = (
@@ -179,14 +179,9 @@ def test_running_again_after_an_oom_kill_still_reports_the_oom(project, run, doc
     kill's time; engines that clear it are covered by the engine's oom events, unit-tested.)"""
     compose_cli(project["compose_project_dir"], "up", "-d", "--no-deps", "oomonce")
     c = docker_engine.client.containers.list(all=True, filters={"label": "com.docker.compose.service=oomonce"})[0]
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        c.reload()
-        if c.attrs["RestartCount"] >= 1 and c.attrs["State"]["Running"]:
-            break
-        time.sleep(0.5)
-    state = c.attrs["State"]
-    assert c.attrs["RestartCount"] >= 1 and state["Running"], (c.attrs["RestartCount"], state)
+    attrs = wait_container(c, lambda a: a["RestartCount"] >= 1 and a["State"]["Running"], 120,
+                           "the container to run again after its OOM kill")
+    state = attrs["State"]
     print(f"engine state of the restarted container: OOMKilled={state['OOMKilled']}, ExitCode={state['ExitCode']}")
     info = run("service_info", project, services=["oomonce"])
     svc = info.result["services"]["oomonce"]
