@@ -79,6 +79,10 @@ def test_broker_sigkill_triage_remediates(stack):
     pid = rt.status("broker")["pid"]
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: not rt.status("broker")["running"], 30, "broker to die")
+    # --check shows the plan and changes nothing (it used to fail verifying a recovery it never did)
+    plan = stack.run("playbooks/incidents/broker_down.yml", check=True)
+    assert plan.rc == 0, plan.explain()
+    assert not rt.status("broker")["running"], "broker_down.yml --check started the broker"
 
     res, report = triage(stack, remediate=True)
     assert "broker_down" in named(report), report["before"]["incidents"]
