@@ -14,8 +14,9 @@ the service-name map; then vault_sealed.yml, broker_down.yml (kill -9) and backu
 restore.yml work on those containers without a redeploy. Differences from upstream, kept on
 purpose: the images are the test kit's stand-ins, every service uses the host network on the
 inventory's ports (nginx on the stack's TLS port, not 8443, which another session may hold), Vault
-keeps the raft storage it was deployed with (OpenBao 2.x has no `file` backend), and the Postgres
-socket directory is shared with the host (what the README asks an adopting operator to add).
+keeps the raft storage it was deployed with (OpenBao 2.x has no `file` backend). Nothing of
+Postgres is shared with the host but its port: the backup and restore log in over TCP as the
+broker's database user (roles/postgres/tasks/admin_login.yml), as on upstream's own project.
 
 At the end the shared stack's own project is brought back (up + unseal).
 """

@@ -85,13 +85,14 @@ def status_from_inspect(name, attrs, now=None):
     """The runtime-neutral status dict (see _runtime.status_from_info) from `docker inspect` of a container.
 
     Extra keys of this runtime: container, container_id, image, exit_code, signal, oom_killed,
-    restart_count, health (none/starting/healthy/unhealthy), error.
+    restart_count, health (none/starting/healthy/unhealthy), error, addresses (the container's IP
+    addresses on its networks, which the engine's host reaches; none on the host's network).
     """
     if attrs is None:
         return dict(name=name, state='ABSENT', running=False, pid=None, uptime=0, start=0, stop=0,
                     exitstatus=None, spawnerr='', description='no container for this service',
                     logfile=None, container=None, container_id=None, image=None, exit_code=None,
-                    signal=None, oom_killed=False, restart_count=0, health='none', error='')
+                    signal=None, oom_killed=False, restart_count=0, health='none', error='', addresses=[])
     st = attrs.get('State') or {}
     status = st.get('Status', 'unknown')
     now = now or int(time.time())
@@ -130,6 +131,8 @@ def status_from_inspect(name, attrs, now=None):
         exit_code=None if running else exit_code, signal=signal_name,
         oom_killed=bool(st.get('OOMKilled')), restart_count=attrs.get('RestartCount') or 0,
         health=health, error=error,
+        addresses=[net.get('IPAddress') for net in ((attrs.get('NetworkSettings') or {}).get('Networks') or {}).values()
+                   if net and net.get('IPAddress')],
     )
 
 

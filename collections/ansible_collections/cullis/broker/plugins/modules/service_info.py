@@ -131,6 +131,13 @@ services:
         O(runtime=compose); null with O(runtime=process)."
       type: str
       returned: always
+    addresses:
+      description: "With O(runtime=compose), the container's IP addresses on its networks, which the engine's
+        host reaches (how the operations playbooks reach a service that publishes no port, e.g. the
+        postgres container of an adopted project); empty on the host's network and with O(runtime=process)."
+      type: list
+      elements: str
+      returned: always
     spawnerr:
       description: "The runtime's spawn error."
       type: str
@@ -289,6 +296,7 @@ def describe(name, status, svc_lines, sup_lines, redact, log_lines, stack_dir=''
         restarts=status['restart_count'] if engine else restart_count(events), health=status.get('health'),
         spawnerr=redact(status.get('spawnerr') or ''), logfile=status.get('logfile'),
         log_tail=redact.lines(svc_lines[-log_lines:]) if log_lines else [],
+        addresses=status.get('addresses') or [],
     )
     if not status['running']:
         err, evidence = startup_error(svc_lines)

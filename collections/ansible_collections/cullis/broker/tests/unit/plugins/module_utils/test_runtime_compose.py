@@ -124,6 +124,19 @@ def test_running_container_status():
     assert st['health'] == 'healthy' and st['container'] == 'stack-broker-1'
 
 
+def test_addresses_are_the_container_ips_on_its_networks():
+    on_bridge = inspect()
+    on_bridge['NetworkSettings'] = dict(Networks=dict(cullis_default=dict(IPAddress='172.18.0.3'),
+                                                      backend=dict(IPAddress='10.9.0.2')))
+    assert status_from_inspect('postgres', on_bridge)['addresses'] == ['172.18.0.3', '10.9.0.2']
+    # network_mode: host has a network entry without an address of its own; no container, none
+    on_host = inspect()
+    on_host['NetworkSettings'] = dict(Networks=dict(host=dict(IPAddress='')))
+    assert status_from_inspect('postgres', on_host)['addresses'] == []
+    assert status_from_inspect('postgres', inspect())['addresses'] == []
+    assert status_from_inspect('postgres', None)['addresses'] == []
+
+
 def test_oom_killed_container_is_exited_137_sigkill():
     st = status_from_inspect('broker', inspect('exited', 137, oom=True, restarts=2,
                                                finished='2026-11-30T03:05:00Z'))
