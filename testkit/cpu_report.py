@@ -58,8 +58,8 @@ class CpuReport:
         self.tests[item.nodeid] = (sum(after) - sum(before), time.monotonic() - t0)
 
     def pytest_terminal_summary(self, terminalreporter):
-        if not self.tests:
-            return
+        if not any(cpu >= 1 for cpu, _ in self.tests.values()):
+            return  # nothing worth a table (static checks, unit tests)
         end = cpu_seconds()
         wall = time.monotonic() - self.t0
         parts = [e - s for e, s in zip(end, self.start)]
@@ -77,7 +77,8 @@ class CpuReport:
         for path, (cpu, secs, n) in sorted(by_file.items(), key=lambda kv: -kv[1][0])[:40]:
             tr.write_line(f"  {cpu:7.0f} {secs:7.0f} {n:4d}  {path}")
         tr.write_line("by test (CPU s, wall s):")
-        for nodeid, (cpu, secs) in sorted(self.tests.items(), key=lambda kv: -kv[1][0])[:40]:
+        costly = [(n, v) for n, v in self.tests.items() if v[0] >= 1]
+        for nodeid, (cpu, secs) in sorted(costly, key=lambda kv: -kv[1][0])[:40]:
             tr.write_line(f"  {cpu:7.0f} {secs:7.0f}  {nodeid}")
 
 
