@@ -6,8 +6,10 @@ running playbooks costs both cores. Each test's CPU here is, from its setup to i
 - this pytest process (RUSAGE_SELF);
 - every child process it waited for (RUSAGE_CHILDREN: ansible-playbook with its workers and module
   processes, molecule, psql, docker CLI calls; a daemon counts when its fixture stops it);
-- the containers of the test kit's Docker engines (the test bed hosts run the split stage's
-  modules), from the cgroup that parents them, when that cgroup exists.
+- for a test that uses the test kit's Docker engine (fixture `docker_engine`, directly or not):
+  the CPU of the engine's containers (the test bed hosts run the split stage's modules), from the
+  cgroup that parents them. Only for those: that cgroup is the machine's, and the stages of
+  `make test` run side by side.
 Measurement only: nothing here fails a test. Off with CULLIS_CPU_REPORT=0.
 """
 from __future__ import annotations
@@ -46,40 +48,45 @@ def cpu_seconds() -> tuple[float, float, float]:
 
 class CpuReport:
     def __init__(self) -> None:
-        self.tests: dict[str, tuple[float, float]] = {}  # nodeid -> (cpu s, wall s)
-        self.start = cpu_seconds()
+        self.tests: dict[str, list[float]] = {}  # nodeid -> [pytest, children, containers] CPU s
+        self.walls: dict[str, float] = {}
         self.t0 = time.monotonic()
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_protocol(self, item, nextitem):
+        containers = "docker_engine" in getattr(item, "fixturenames", ())
         before, t0 = cpu_seconds(), time.monotonic()
         yield
         after = cpu_seconds()
-        self.tests[item.nodeid] = (sum(after) - sum(before), time.monotonic() - t0)
+        own = [a - b for a, b in zip(after, before)]
+        if not containers:
+            own[2] = 0.0
+        self.tests[item.nodeid] = own
+        self.walls[item.nodeid] = time.monotonic() - t0
 
     def pytest_terminal_summary(self, terminalreporter):
-        if not any(cpu >= 1 for cpu, _ in self.tests.values()):
+        cpu = {nodeid: sum(parts) for nodeid, parts in self.tests.items()}
+        if not any(c >= 1 for c in cpu.values()):
             return  # nothing worth a table (static checks, unit tests)
-        end = cpu_seconds()
         wall = time.monotonic() - self.t0
-        parts = [e - s for e, s in zip(end, self.start)]
+        totals = [sum(parts[i] for parts in self.tests.values()) for i in range(3)]
         by_file: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0])
-        for nodeid, (cpu, secs) in self.tests.items():
+        for nodeid, c in cpu.items():
             entry = by_file[nodeid.split("::")[0]]
-            entry[0] += cpu
-            entry[1] += secs
+            entry[0] += c
+            entry[1] += self.walls[nodeid]
             entry[2] += 1
         tr = terminalreporter
         tr.section("CPU (pytest + waited-for children + test kit containers)")
-        tr.write_line(f"session: {sum(parts):.0f} CPU s in {wall:.0f} s (pytest {parts[0]:.0f}, children {parts[1]:.0f}, "
-                      f"containers {parts[2]:.0f})")
+        tr.write_line(f"session: {sum(totals):.0f} CPU s in {wall:.0f} s (pytest {totals[0]:.0f}, children "
+                      f"{totals[1]:.0f}, containers {totals[2]:.0f})")
         tr.write_line("by file (CPU s, wall s, tests):")
-        for path, (cpu, secs, n) in sorted(by_file.items(), key=lambda kv: -kv[1][0])[:40]:
-            tr.write_line(f"  {cpu:7.0f} {secs:7.0f} {n:4d}  {path}")
+        for path, (c, secs, n) in sorted(by_file.items(), key=lambda kv: -kv[1][0])[:40]:
+            tr.write_line(f"  {c:7.0f} {secs:7.0f} {n:4d}  {path}")
         tr.write_line("by test (CPU s, wall s):")
-        costly = [(n, v) for n, v in self.tests.items() if v[0] >= 1]
-        for nodeid, (cpu, secs) in sorted(costly, key=lambda kv: -kv[1][0])[:40]:
-            tr.write_line(f"  {cpu:7.0f} {secs:7.0f}  {nodeid}")
+        costly = sorted((n for n in cpu if cpu[n] >= 1), key=lambda n: -cpu[n])[:40]
+        for nodeid in costly:
+            tr.write_line(f"  {cpu[nodeid]:7.0f} {self.walls[nodeid]:7.0f}  {nodeid}")
 
 
 def pytest_configure(config):
