@@ -95,6 +95,11 @@ class Stack:
         return self.dir / "vault" / "vault-keys.json"
 
     @property
+    def broker_venv(self) -> str:
+        """The broker's venv: the one given (cullis_broker_venv), else the broker role's default."""
+        return str(self.extra_vars.get("cullis_broker_venv") or self.dir / "broker" / "venv")
+
+    @property
     def vault_keys(self) -> dict:
         return json.loads(self.keys_file.read_text())
 

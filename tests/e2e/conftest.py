@@ -161,8 +161,7 @@ def deployed_stack(name: str, extra: dict, verbosity: int = 0, ports: dict | Non
     if "cullis_broker_venv" not in extra:
         for other in _DEPLOYED:  # content-equal venv already built this session: share it (read-only use)
             if _venv_fingerprint(other.extra_vars) == _venv_fingerprint(extra):
-                extra = dict(extra, cullis_broker_venv=str(other.extra_vars.get("cullis_broker_venv")
-                                                           or other.dir / "broker" / "venv"))
+                extra = dict(extra, cullis_broker_venv=other.broker_venv)
                 break
     st = Stack(dir=stack_dir, inventory=inventory, ports=ports, vars={}, extra_vars=extra)
     try:

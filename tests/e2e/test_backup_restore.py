@@ -134,7 +134,7 @@ def test_dr_drill_restores_into_staging_and_smoke_passes(stack, tmp_path):
     # staging runs the broker from the session stack's venv (read-only use, the same requirements:
     # the role finds its fingerprint and skips pip), as conftest's deployed_stack shares venvs;
     # building a venv is the first deploy's test, not the drill's (saves a pip install of the tree)
-    extra.setdefault("cullis_broker_venv", str(stack.dir / "broker" / "venv"))
+    extra["cullis_broker_venv"] = stack.broker_venv
     try:
         scenarios.dr_drill(stack, "inventories/staging-local", staging_dir, extra)
     finally:

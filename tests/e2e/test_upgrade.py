@@ -211,7 +211,7 @@ def back_to_broker_src(stack, trees):
     (trees["next"] / "app" / "main.py").write_text((REPO / "broker_src" / "app" / "main.py").read_text())
     try:
         env = dict(os.environ, **{k: v for k, v in stack.env.items() if k == "DATABASE_URL"})
-        venv = stack.extra_vars.get("cullis_broker_venv") or str(stack.dir / "broker" / "venv")
+        venv = stack.broker_venv
         if revision(stack) == NEXT_REV:
             subprocess.run([f"{venv}/bin/alembic", "downgrade", BASE_REV], cwd=trees["next"], env=env, check=True,
                            capture_output=True)
