@@ -360,7 +360,7 @@ def org_compromise(stack, tmp_path, extra_vars: dict | None = None, n_agents: in
 
     extra_vars = extra_vars or {}
     env = stack.env
-    url, ca, admin = stack.public_url, str(stack.ca_path), env["ADMIN_SECRET"]
+    url, ca, admin = stack.public_url, str(stack.public_ca_path), env["ADMIN_SECRET"]
     org, identity_dir = f"e2e-compromise-{uuid.uuid4().hex[:8]}", tmp_path / "ids"
     # publish-agent allows 30/min and logins 10/min per client IP; other tests may have used them.
     onboarded = onboard_org(None, org, identity_dir, n_agents, env["REDIS_URL"], url=url, admin_secret=admin,

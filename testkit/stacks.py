@@ -7,8 +7,10 @@ provide:
 
 - `run(playbook, ...)`: a repository playbook against the stack's inventory (the compose stack adds
   the engine's DOCKER_HOST / DOCKER_CONFIG to the environment);
-- `env`, `env_file`, `ca_path`, `public_url`, `vault_addr`, `keys_file`, `vault_keys`,
-  `secret_values()`, `get(path)` (through nginx over TLS, JSON decoded);
+- `env`, `env_file`, `ca_path` (the stack's own CA: Vault, and the public URL unless told
+  otherwise), `public_ca_path` (what verifies the public URL: Pebble's root on an ACME stack),
+  `public_url`, `vault_addr`, `keys_file`, `vault_keys`, `secret_values()`, `get(path)` (through
+  nginx over TLS, JSON decoded);
 - `runtime()`: the collection's own runtime object for the stack (module_utils `ProcessRuntime` or
   `ComposeRuntime`): this is how a fault is injected - a process stopped by its supervisord, or a
   container stopped on the engine;
@@ -91,6 +93,14 @@ class Stack:
         return self.dir / "tls" / "ca.pem"
 
     @property
+    def public_ca_path(self) -> Path:
+        """What verifies the certificate nginx serves on the public URL: the deployment's
+        cullis_tls_public_ca_path when given (an ACME CA's root, an operator's bundle), else the
+        stack's CA (self-signed mode)."""
+        given = self.extra_vars.get("cullis_tls_public_ca_path")
+        return Path(given) if given else self.ca_path
+
+    @property
     def keys_file(self) -> Path:
         return self.dir / "vault" / "vault-keys.json"
 
@@ -126,8 +136,8 @@ class Stack:
                             verbosity=verbosity, **kwargs)
 
     def get(self, path: str, timeout: float = 10) -> tuple[int, dict | str]:
-        """GET a broker path through nginx over TLS, verified with the stack CA."""
-        ctx = ssl.create_default_context(cafile=str(self.ca_path))
+        """GET a broker path through nginx over TLS, verified with the public URL's CA."""
+        ctx = ssl.create_default_context(cafile=str(self.public_ca_path))
         req = urllib.request.Request(self.public_url + path)
         try:
             with urllib.request.urlopen(req, context=ctx, timeout=timeout) as resp:

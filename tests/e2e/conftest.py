@@ -9,10 +9,12 @@ the supervisord itself by its pid file if the playbook could not).
 Tests that break the stack (stop a service, seal Vault, revoke an org, ...) must leave it
 healthy again: the next test gets the same stack.
 
-`quirks_stack` (module scope, used by test_quirks.py) is a second stack of the same broker
-source whose broker runs with `CULLIS_REAL_BROKER_QUIRKS` (broker_src/README.md, "Quirks mode"):
-it behaves like a deployed real Cullis broker (per-org write race, SIGTERM ignored, Vault cached,
-Redis fallback, no extensions, verbatim serials, re-approve 500, admin-lockout trap). It reuses
+`quirks_stack` (session scope, used by test_quirks.py and test_acme_first_deploy.py) is a second
+stack of the same broker source whose broker runs with `CULLIS_REAL_BROKER_QUIRKS`
+(broker_src/README.md, "Quirks mode"): it behaves like a deployed real Cullis broker (per-org write
+race, SIGTERM ignored, Vault cached, Redis fallback, no extensions, verbatim serials, re-approve
+500, admin-lockout trap). It is deployed in ACME mode against Pebble, so that one deploy is also
+the first ACME deploy (a stack deploy costs about 4 CPU-minutes on this machine). It reuses
 the broker venv of `stack` when that one is deployed in the same session (same source and pip
 packages), so it costs a deploy without the pip install.
 
@@ -194,8 +196,22 @@ def stack():
         yield st
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def quirks_stack():
-    """A stack whose broker behaves like a deployed real Cullis broker (CULLIS_REAL_BROKER_QUIRKS)."""
-    with deployed_stack("quirks", quirks_vars(harness_vars())) as st:
-        yield st
+    """A stack whose broker behaves like a deployed real Cullis broker (CULLIS_REAL_BROKER_QUIRKS),
+    deployed in ACME mode against Debian's Pebble on loopback: the same deploy is the first ACME
+    deploy of test_acme_first_deploy.py (`pebble` and `pebble_root` are attributes of the stack).
+    Clients of its public URL verify with Pebble's root (`Stack.public_ca_path`), Vault's clients
+    with the stack's own CA (`ca_path`)."""
+    from testkit.pebble import PebbleServer
+
+    http_port = free_port()  # the nginx HTTP port, where Pebble's VA validates HTTP-01
+    with PebbleServer(http_port=http_port) as pebble:
+        root = pebble.base / "pebble-issuer-root.pem"
+        root.write_bytes(pebble.issuer_root_pem())
+        extra = dict(quirks_vars(harness_vars()), cullis_tls_mode="acme",
+                     cullis_tls_acme_directory=pebble.directory_url,
+                     cullis_tls_acme_directory_ca=str(pebble.api_ca_path), cullis_tls_public_ca_path=str(root))
+        with deployed_stack("quirks-acme", extra, ports={"cullis_nginx_http_port": http_port}) as st:
+            st.pebble, st.pebble_root = pebble, root
+            yield st

@@ -7,8 +7,10 @@ the next run), the challenge answered by nginx and cleaned up; the rerun reports
 serves the same certificate. The deploy itself already checks /readyz through the public URL
 verified with Pebble's root (cullis_tls_public_ca_path), so a placeholder would fail it.
 
-Cost: one more stack deploy in the session (the broker venv of the main stack is reused when it
-was deployed in the same session) plus its rerun.
+The stack is conftest's `quirks_stack`, deployed in ACME mode for this test and serving
+test_quirks.py too: its broker's quirks do not touch TLS, and a second first deploy would cost
+about 4 CPU-minutes. The rerun runs after whatever the other tests of the session did to that
+stack (each leaves it healthy), so changed=0 also says their recoveries left it as declared.
 """
 from __future__ import annotations
 
@@ -21,23 +23,14 @@ import urllib.request
 
 import pytest
 
-from testkit.pebble import PebbleServer
-from testkit.process import free_port
-from tests.e2e.conftest import deployed_stack, harness_vars
+from testkit.scenarios import named, triage
 
 pytestmark = [pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def acme_stack():
-    http_port = free_port()
-    with PebbleServer(http_port=http_port) as pebble:
-        root = pebble.base / "pebble-issuer-root.pem"
-        root.write_bytes(pebble.issuer_root_pem())
-        extra = dict(harness_vars(), cullis_tls_mode="acme", cullis_tls_acme_directory=pebble.directory_url,
-                     cullis_tls_acme_directory_ca=str(pebble.api_ca_path), cullis_tls_public_ca_path=str(root))
-        with deployed_stack("acme", extra, ports={"cullis_nginx_http_port": http_port}) as st:
-            yield st, pebble, root
+def acme_stack(quirks_stack):
+    return quirks_stack, quirks_stack.pebble, quirks_stack.pebble_root
 
 
 def changed_tasks(result) -> list[str]:
@@ -87,3 +80,17 @@ def test_first_acme_deploy_serves_the_acme_certificate_and_rerun_changes_nothing
     assert again.changed == 0, changed_tasks(again)
     assert hashlib.sha256(served_cert(stack)).hexdigest() == fingerprint
     assert verified_health(stack, root) == 200
+
+
+def test_triage_and_smoke_verify_the_public_url_with_the_acme_root(acme_stack):
+    """From the controller, triage, the incident playbooks and the smoke test verify the public URL
+    with cullis_tls_public_ca_path in ACME mode, never with the stack's own CA: a healthy ACME stack
+    has no incident (triage named tls_expired, "chain invalid", before this was fixed) and passes
+    the smoke test."""
+    stack, _pebble, _root = acme_stack
+    _res, report = triage(stack)
+    assert named(report) == [], report["before"]["incidents"]
+    tls = report["before"]["snapshot"]["tls"]
+    assert tls["chain_valid"] is True and tls["status"] == "ok", tls
+    smoke = stack.run("playbooks/smoke.yml")
+    assert smoke.rc == 0, smoke.failures() or smoke.output[-3000:]

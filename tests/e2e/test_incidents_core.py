@@ -217,6 +217,6 @@ def test_admin_secret_lost(stack):
     import urllib.request
     import ssl
     req = urllib.request.Request(stack.public_url + "/v1/registry/orgs", headers={"x-admin-secret": new})
-    with urllib.request.urlopen(req, context=ssl.create_default_context(cafile=str(stack.ca_path))) as r:
+    with urllib.request.urlopen(req, context=ssl.create_default_context(cafile=str(stack.public_ca_path))) as r:
         assert r.status == 200
     assert_healthy(stack)

@@ -45,7 +45,7 @@ def test_the_broker_runs_in_quirks_mode(quirks_stack):
     """The switch reached the deployed broker (else every other test here would prove nothing)."""
     assert "QUIRKS: behaving like deployed real brokers: admin_lockout, no_extensions" in broker_log(quirks_stack)
     admin = admin_client(None, quirks_stack.env["ADMIN_SECRET"], url=quirks_stack.public_url,
-                         ca_path=str(quirks_stack.ca_path))
+                         ca_path=str(quirks_stack.public_ca_path))
     assert admin.admin_get("/v1/admin/agents").status == 404  # extensions off, like a real broker
     assert_healthy(quirks_stack)
 
@@ -60,7 +60,7 @@ def test_org_compromise_default_settings_first_run_and_rerun(quirks_stack, tmp_p
 
 def _module(stack, name, args):
     env = stack.env
-    base = {"broker_url": stack.public_url, "ca_path": str(stack.ca_path), "admin_secret": env["ADMIN_SECRET"]}
+    base = {"broker_url": stack.public_url, "ca_path": str(stack.public_ca_path), "admin_secret": env["ADMIN_SECRET"]}
     return run_module(name, dict(base, **args))
 
 
@@ -70,7 +70,7 @@ def test_concurrent_revocations_race_and_retries_absorb_it(quirks_stack, tmp_pat
     env = quirks_stack.env
     org, ids = f"e2e-race-{uuid.uuid4().hex[:8]}", tmp_path / "ids"
     onboard_org(None, org, ids, 12, env["REDIS_URL"], url=quirks_stack.public_url, admin_secret=env["ADMIN_SECRET"],
-                ca_path=str(quirks_stack.ca_path))
+                ca_path=str(quirks_stack.public_ca_path))
     secret = (ids / "org-secret").read_text().strip()
     bindings = _module(quirks_stack, "binding_revoke", {"org_id": org, "org_secret": secret, "max_workers": 8,
                                                         "retries": 6})
@@ -171,7 +171,7 @@ def _dashboard(stack, path, fields) -> int:
         def redirect_request(self, *a, **k):
             return None
     opener = urllib.request.build_opener(NoRedirect, urllib.request.HTTPSHandler(
-        context=ssl.create_default_context(cafile=str(stack.ca_path))))
+        context=ssl.create_default_context(cafile=str(stack.public_ca_path))))
     req = urllib.request.Request(stack.public_url + path, data=urllib.parse.urlencode(fields).encode())
     try:
         return opener.open(req, timeout=30).status
@@ -214,7 +214,7 @@ def test_revoking_openssl_style_serials(quirks_stack, tmp_path):
     env = quirks_stack.env
     org, ids = f"e2e-serials-{uuid.uuid4().hex[:8]}", tmp_path / "ids"
     agents = onboard_org(None, org, ids, 2, env["REDIS_URL"], url=quirks_stack.public_url,
-                         admin_secret=env["ADMIN_SECRET"], ca_path=str(quirks_stack.ca_path))["agents"]
+                         admin_secret=env["ADMIN_SECRET"], ca_path=str(quirks_stack.public_ca_path))["agents"]
     serial = agents[0]["cert_serial_hex"]
     padded = serial.upper().rjust(40, "0")
     openssl_form = ":".join(padded[i:i + 2] for i in range(0, 40, 2))
@@ -224,11 +224,12 @@ def test_revoking_openssl_style_serials(quirks_stack, tmp_path):
                   {"org_id": org, "serials": [openssl_form], "db_dsn": env["DATABASE_URL"]})
     assert not res.failed, res.result.get("msg")
     assert [r["serial_hex"] for r in res.result["revoked"]] == [serial]
-    admin = admin_client(None, env["ADMIN_SECRET"], url=quirks_stack.public_url, ca_path=str(quirks_stack.ca_path))
+    admin = admin_client(None, env["ADMIN_SECRET"], url=quirks_stack.public_url,
+                         ca_path=str(quirks_stack.public_ca_path))
     assert [r["serial_hex"] for r in admin.admin_get("/v1/admin/certs/revoked", query={"org_id": org}).json()] \
         == [serial]
     # two real logins at the broker's real limit: wait until they fit (the counters are never cleared)
     wait_for_rate_budget(env["REDIS_URL"], {"auth.token": (auth_limit(env), 2 * LOGIN_HITS)})
-    assert login_error(quirks_stack.public_url, ids, "a00", str(quirks_stack.ca_path)) == \
+    assert login_error(quirks_stack.public_url, ids, "a00", str(quirks_stack.public_ca_path)) == \
         (401, "Certificate has been revoked")
-    assert login_error(quirks_stack.public_url, ids, "a01", str(quirks_stack.ca_path)) == (200, "")
+    assert login_error(quirks_stack.public_url, ids, "a01", str(quirks_stack.public_ca_path)) == (200, "")
