@@ -1,4 +1,5 @@
 # Root conftest: makes the shared test kit (real services, test PKI) available to every suite.
-pytest_plugins = ["testkit.pytest_plugin", "testkit.broker"]
+# First: ansible-playbook runs forked warm (testkit/playbook_server.py; the others import it)
+pytest_plugins = ["testkit.playbook_server", "testkit.pytest_plugin", "testkit.broker"]
 pytest_plugins += ["testkit.testbed_fixtures"]  # multi-host test bed: tests/testbed, tests/e2e_split, tests/e2e_compose
 pytest_plugins += ["testkit.cpu_report"]  # where the session's CPU goes, printed at its end

@@ -3,19 +3,22 @@
 `run_module()` writes a one-task playbook and runs it with `ansible-playbook` and the json
 callback, so a module goes through the real Ansible executor (argument_spec, no_log, check
 mode). `run_playbook()` runs a repository playbook and returns the per-host stats. Both keep the
-full stdout so tests can assert that no secret was printed.
+full stdout so tests can assert that no secret was printed. Both start ansible-playbook through
+testkit/playbook_server.py (the same command, without paying Python's start and ansible's imports
+each time).
 """
 from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from testkit import playbook_server
 
 REPO = Path(__file__).resolve().parent.parent
 COLLECTIONS = REPO / "collections"
@@ -82,7 +85,7 @@ def run_module(module: str, args: dict, *, check: bool = False, diff: bool = Fal
             argv.append("--diff")
         if verbosity:
             argv.append("-" + "v" * verbosity)
-        proc = subprocess.run(argv, capture_output=True, text=True, env=ansible_env(env), timeout=timeout)
+        proc = playbook_server.run(argv, env=ansible_env(env), timeout=timeout)
     result: dict = {}
     try:
         data = _json_from_stdout(proc.stdout)
@@ -168,8 +171,7 @@ def run_playbook(playbook: str | Path, *, inventory: str | Path | None = None, e
         argv.append("--diff")
     if verbosity:
         argv.append("-" + "v" * verbosity)
-    proc = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, env=ansible_env(env, callback),
-                          timeout=timeout)
+    proc = playbook_server.run(argv, env=ansible_env(env, callback), cwd=str(REPO), timeout=timeout)
     stats, data = {}, {}
     if callback == "json":
         try:

@@ -5,7 +5,8 @@ The suite is CPU-bound on its 2-core machine (every stage runs beside the others
 running playbooks costs both cores. Each test's CPU here is, from its setup to its teardown:
 - this pytest process (RUSAGE_SELF);
 - every child process it waited for (RUSAGE_CHILDREN: ansible-playbook with its workers and module
-  processes, molecule, psql, docker CLI calls; a daemon counts when its fixture stops it);
+  processes, molecule, psql, docker CLI calls; a daemon counts when its fixture stops it), and the
+  ansible-playbook runs testkit/playbook_server.py forked for it (as they end);
 - for a test that uses the test kit's Docker engine (fixture `docker_engine`, directly or not):
   the CPU of the engine's containers (the test bed hosts run the split stage's modules), from the
   cgroup that parents them. Only for those: that cgroup is the machine's, and the stages of
@@ -21,6 +22,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+
+from testkit import playbook_server
 
 # cgroup v1 (cpuacct, nanoseconds) or v2 (cpu.stat usage_usec) of dockerd's default cgroup parent
 _CONTAINER_CPU = (Path("/sys/fs/cgroup/cpuacct/docker/cpuacct.usage"), Path("/sys/fs/cgroup/docker/cpu.stat"))
@@ -43,7 +46,9 @@ def container_cpu_seconds() -> float:
 def cpu_seconds() -> tuple[float, float, float]:
     me = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime, container_cpu_seconds()
+    # the playbooks forked by testkit/playbook_server.py are not this process's children
+    served = playbook_server.served_cpu_seconds
+    return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime + served, container_cpu_seconds()
 
 
 class CpuReport:

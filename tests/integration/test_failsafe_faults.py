@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from testkit import broker_db
+from testkit import broker_db, playbook_server
 from testkit.ansible import ansible_env, run_module
 from testkit.broker_orgs import admin_client, new_org_id, onboard_org, org_secret
 from testkit.pki import CA, now
@@ -68,8 +67,8 @@ def run_batch(module: str, cases: list[Case], env: dict | None = None) -> Batch:
     with tempfile.TemporaryDirectory(prefix="cullis-faults-") as tmp:
         pb = Path(tmp) / "play.yml"
         pb.write_text(yaml.safe_dump(play))
-        proc = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", str(pb)],
-                              capture_output=True, text=True, env=ansible_env(env), timeout=900)
+        proc = playbook_server.run([str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", str(pb)],
+                                   env=ansible_env(env), timeout=900)
     data = json.loads(proc.stdout[proc.stdout.find("{"):])
     batch = Batch(module, cases, output=proc.stdout + proc.stderr)
     for task in data["plays"][0]["tasks"]:
