@@ -84,7 +84,8 @@ class CpuReport:
         tr = terminalreporter
         tr.section("CPU (pytest + waited-for children + test kit containers)")
         tr.write_line(f"session: {sum(totals):.0f} CPU s in {wall:.0f} s (pytest {totals[0]:.0f}, children "
-                      f"{totals[1]:.0f}, containers {totals[2]:.0f})")
+                      f"{totals[1]:.0f}, containers {totals[2]:.0f}); ansible-playbook runs forked warm by "
+                      f"testkit/playbook_server.py: {playbook_server.served_runs}")
         tr.write_line("by file (CPU s, wall s, tests):")
         for path, (c, secs, n) in sorted(by_file.items(), key=lambda kv: -kv[1][0])[:40]:
             tr.write_line(f"  {c:7.0f} {secs:7.0f} {n:4d}  {path}")

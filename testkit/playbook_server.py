@@ -1,8 +1,9 @@
 """`ansible-playbook` runs without paying for the interpreter's start and ansible's imports each time.
 
 Why: the suite runs ansible-playbook well over a thousand times on a 2-core machine, and about
-0.8 CPU-s of every run is Python starting and importing ansible-core before the playbook is even
-read (measured: bench/playbook_server.py). That is most of a one-task playbook's cost.
+1.4 CPU-s of every run is Python starting and importing ansible-core before the playbook is even
+read: a one-task playbook costs about 2.5 CPU-s as a plain command, 1.0 forked warm (measured by
+bench/bench_playbook_server.py on this machine).
 
 How: one server process per environment imports `ansible.cli.playbook` once (ansible reads its
 configuration, ansible.cfg and ANSIBLE_* variables, at import: that is why the environment is part
@@ -12,8 +13,12 @@ caller's stdin/stdout/stderr (passed over a Unix socket). Nothing of the playboo
 their hosts runs differently; only the controller process starts warm. The fork start method is
 the one ansible itself uses for its workers.
 
+What a warm start cannot see: a change to a configuration file (ansible.cfg) after its server
+started. The suite never edits one; a test that must would pass its own ANSIBLE_CONFIG (another
+environment, another server).
+
 Protocol (one connection per run): the client sends its three file descriptors (SCM_RIGHTS) and a
-JSON request {argv, cwd}; the server forks a monitor, the monitor forks the run, sends back
+JSON request {argv, env, cwd}; the server forks a monitor, the monitor forks the run, sends back
 {"pid": ...}, waits for it and sends {"rc": ..., "cpu": ...} (the run's CPU seconds with its
 children's, for testkit/cpu_report.py, which cannot see grandchildren of another process).
 
@@ -117,6 +122,7 @@ while True:
 enabled = False
 # CPU seconds of the runs served so far (the runs are not children of the pytest process)
 served_cpu_seconds = 0.0
+served_runs = 0
 _lock = threading.Lock()
 _servers: dict[tuple, "PlaybookServer"] = {}
 
@@ -151,7 +157,7 @@ class PlaybookServer:
             timeout: float | None = None) -> subprocess.CompletedProcess:
         """What subprocess.run(argv, capture_output=True, text=True, ...) returns. The output goes
         through pipes, as with subprocess.run (never through a file: -vvv runs print secrets)."""
-        global served_cpu_seconds
+        global served_cpu_seconds, served_runs
         stdin_r, stdin_w = os.pipe()  # an empty stdin: nothing here answers a prompt
         os.close(stdin_w)
         out_r, out_w = os.pipe()
@@ -188,6 +194,7 @@ class PlaybookServer:
             reader.join()
         with _lock:
             served_cpu_seconds += done["cpu"]
+            served_runs += 1
         stdout, stderr = (b"".join(chunks[fd]).decode(errors="replace") for fd in (out_r, err_r))
         return subprocess.CompletedProcess(argv, done["rc"], stdout, stderr)
 
