@@ -1,9 +1,10 @@
 """`ansible-playbook` runs without paying for the interpreter's start and ansible's imports each time.
 
-Why: the suite runs ansible-playbook well over a thousand times on a 2-core machine, and about
-1.4 CPU-s of every run is Python starting and importing ansible-core before the playbook is even
-read: a one-task playbook costs about 2.5 CPU-s as a plain command, 1.0 forked warm (measured by
-bench/bench_playbook_server.py on this machine).
+Why: the suite's pytest sessions run ansible-playbook hundreds of times on a 2-core machine (308
+in the modules stage and 84 in e2e in the rehearsal of 2026-12-01, plus the split stage's), and
+about 1.4 CPU-s of every run is Python starting and importing ansible-core before the playbook is
+even read: a one-task playbook costs about 2.5 CPU-s as a plain command, 1.0 forked warm
+(measured by bench/bench_playbook_server.py on this machine).
 
 How: one server process per environment imports `ansible.cli.playbook` once (ansible reads its
 configuration, ansible.cfg and ANSIBLE_* variables, at import: that is why the environment is part
