@@ -24,6 +24,8 @@ prepared image (so only a thin layer each; not archived, a build takes seconds):
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import re
@@ -225,6 +227,20 @@ class ImageBuilder:
             if old != path:
                 old.unlink(missing_ok=True)
 
+    @contextlib.contextmanager
+    def _archive_lock(self, name: str):
+        """Held while an archived image is looked up, loaded, built or saved: two engines starting on
+        a cold cache at once (two stages of one `make test`) build it once; the second one waits and
+        loads the first one's archive instead of running debootstrap beside it."""
+        path = self.engine.cache / "images" / f"{name}.lock"
+        path.parent.mkdir(exist_ok=True)
+        with open(path, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
     def _load_archive(self, tag: str) -> bool:
         path = self._archive(tag)
         if not path.exists():
@@ -248,19 +264,20 @@ class ImageBuilder:
         # Only the chain base/bare/prepared is archived: a compose image's archive would repeat the
         # whole prepared image (650 MB) for a layer that builds in seconds.
         archived = name in ARCHIVED
-        source = "cache"
-        if not _image_exists(self.client, tag):
-            source = "archive" if archived and self._load_archive(tag) else "build"
-        if source == "build":
-            self.log(f"test bed: building image {tag} ...")
-            if name == "base":
-                self._build_base(tag)
-            elif broker is not None:
-                self._build_broker(*broker, parent=parent, tag=tag)
-            else:
-                self._build_dockerfile(name, parent, tag)
-        if archived and source != "archive" and not self._archive(tag).exists():
-            self._save_archive(name, tag)
+        with self._archive_lock(name) if archived else contextlib.nullcontext():
+            source = "cache"
+            if not _image_exists(self.client, tag):
+                source = "archive" if archived and self._load_archive(tag) else "build"
+            if source == "build":
+                self.log(f"test bed: building image {tag} ...")
+                if name == "base":
+                    self._build_base(tag)
+                elif broker is not None:
+                    self._build_broker(*broker, parent=parent, tag=tag)
+                else:
+                    self._build_dockerfile(name, parent, tag)
+            if archived and source != "archive" and not self._archive(tag).exists():
+                self._save_archive(name, tag)
         if source != "cache":
             _prune_old_tags(self.client, name, keep=tag)
         report = ImageReport(name, tag, source, time.monotonic() - t0)

@@ -4,6 +4,7 @@ Run: `pytest tests/testbed` (root; builds the images on first run, cache hits af
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -155,6 +157,37 @@ def test_a_concurrent_engine_loads_the_images_instead_of_building(docker_engine,
         reports = ImageBuilder(second).ensure_all(("bare",))
         assert {n: r.source for n, r in reports.items()} == {"base": "archive", "bare": "archive"}
         assert reports["bare"].tag == testbed_images["bare"].tag
+    finally:
+        second.stop()
+
+
+def test_an_archived_image_is_built_or_loaded_under_its_lock(docker_engine, testbed_images):
+    """Two engines on a cold cache (two stages of one run) must not both build an image: the second
+    waits on the image's lock in the cache while the first holds it, then loads the archive."""
+    second = DockerEngine(cache=docker_engine.cache).start()
+    try:
+        tag = testbed_images["bare"].tag
+        if any(tag in i.tags for i in second.client.images.list()):
+            second.client.images.remove(tag, force=True)
+        lock_path = docker_engine.cache / "images" / "bare.lock"
+        with open(lock_path, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # as an engine building `bare` holds it
+            result: dict = {}
+            worker = threading.Thread(target=lambda: result.update(ImageBuilder(second).ensure_all(("bare",))))
+            worker.start()
+            base_tag = testbed_images["base"].tag
+            deadline = time.monotonic() + 120
+            while not any(base_tag in i.tags for i in second.client.images.list()) and time.monotonic() < deadline:
+                time.sleep(0.5)
+            # base is there; bare must wait for the lock: unlocked, its archive loads in ~7 s here
+            held_back = True
+            for _ in range(20):
+                time.sleep(1)
+                held_back = held_back and worker.is_alive() and not any(tag in i.tags for i in second.client.images.list())
+            fcntl.flock(lock, fcntl.LOCK_UN)
+        worker.join(300)
+        assert held_back, "the second engine went on with `bare` while its lock was held"
+        assert result["bare"].source == "archive" and result["bare"].tag == tag, result
     finally:
         second.stop()
 
