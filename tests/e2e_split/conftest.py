@@ -8,6 +8,14 @@ group_vars, with the test bed's addresses and a controller dir in a temp dir) an
 `playbooks/deploy.yml` once. Tests share that deployed topology; a test that breaks a service
 must leave it healthy again.
 
+`patroni_site` (session scope, issue 18): the DR site of the quarterly drill IS the HA PostgreSQL
+topology. A backup set of the split stack (with a marker org the live stack no longer has) is
+restored by playbooks/dr_drill.yml into a second test bed deployed from scratch by the drill
+(prepared hosts: pg1, pg2 with Patroni + etcd, app with etcd and the rest), and the site is kept
+(dr_keep) for the Patroni tests (tests/e2e_split/test_ha_postgres.py) and the drill's own checks
+(test_split_dr.py). One deploy serves both: the drill's restore into a Patroni cluster (on its
+leader) and the failover tests on restored data.
+
 The controller runs no stack service: HTTP checks reach nginx on the proxy container's address on
 the test bed network (a network the tests created).
 """
@@ -21,6 +29,7 @@ import pytest
 import yaml
 
 import json
+import uuid
 
 from testkit.ansible import REPO, PlaybookResult, run_playbook
 
@@ -119,3 +128,75 @@ def split_stack(split_testbed, tmp_path_factory):
         pytest.fail(f"deploy onto the split test bed failed (rc={st.deploy_result.rc}):\n{tail}", pytrace=False)
     yield st
     # the hosts (and everything running on them) go with the test bed at session end
+
+
+# The HA PostgreSQL topology (issue 18), the DR drill's site: Patroni runs PostgreSQL 15 on pg1 and
+# pg2; etcd has three members (pg1, pg2, app); app runs the rest of the stack.
+PATRONI_TOPOLOGY = {
+    "pg1": ["cullis_postgres", "cullis_etcd"],
+    "pg2": ["cullis_postgres", "cullis_etcd"],
+    "app": ["cullis_etcd", "cullis_redis", "cullis_vault", "cullis_broker", "cullis_proxy"],
+}
+
+
+@dataclass
+class PatroniSite:
+    """The DR site the drill deployed and kept: a Patroni cluster holding the split stack's data."""
+    bed: object
+    inventory: Path
+    controller_dir: Path
+    public_url: str
+    marker_org: str  # in the restored set, deleted from the split stack after its backup
+    source_set: Path  # the split stack's backup set the drill restored
+    drill: PlaybookResult
+    drill_seconds: float
+    drill_vars: dict
+
+    def run(self, playbook: str, extra_vars: dict | None = None, **kwargs) -> PlaybookResult:
+        return run_playbook(playbook, inventory=self.inventory, extra_vars=extra_vars, **kwargs)
+
+    def psql(self, host: str, sql: str) -> str:
+        """One SQL statement as the postgres user on the socket of member `host` (pg1 or pg2)."""
+        res = self.bed.exec(host, [PSQL, "-h", f"{STACK_DIR}/postgres/sock", "-p", str(PORTS["cullis_postgres_port"]),
+                                   "-d", "agent_trust", "-v", "ON_ERROR_STOP=1", "-Atq", "-c", sql], user="postgres")
+        assert res.rc == 0, res.output
+        return res.output.strip()
+
+    def env(self) -> dict:
+        out = self.bed.exec("app", f"cat {STACK_DIR}/.env").output
+        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line and not line.startswith("#"))
+
+
+@pytest.fixture(scope="session")
+def patroni_site(split_stack, testbed_factory, tmp_path_factory):
+    marker = f"dr-marker-{uuid.uuid4().hex[:8]}"
+    split_stack.psql("INSERT INTO organizations (org_id, display_name, secret_hash, registered_at) "
+                     f"VALUES ('{marker}', 'x', 'x', now())")
+    try:
+        backup = split_stack.run("playbooks/backup.yml")
+        assert backup.rc == 0, backup.output[-4000:]
+    finally:
+        split_stack.psql(f"DELETE FROM organizations WHERE org_id = '{marker}'")
+    source_set = sorted((split_stack.controller_dir / "backups").glob("set-*"))[-1]
+
+    bed = testbed_factory(PATRONI_TOPOLOGY, image="prepared", name="hapg")
+    base = tmp_path_factory.mktemp("patroni-site")
+    public_host = container_ip(bed, "app")
+    inventory = write_split_inventory(bed, base, public_host)
+    data = yaml.safe_load(inventory.read_text())
+    data["all"]["vars"]["cullis_postgres_ha"] = "patroni"
+    inventory.write_text(yaml.safe_dump(data, sort_keys=False))
+    source = split_stack.controller_dir
+    drill_vars = {"dr_source_backup_dir": str(source / "backups"), "dr_backup_key_file": str(source / "backup.key"),
+                  "dr_source_vault_keys_file": str(source / "vault-keys.json"), "dr_keep": True}
+    t0 = time.monotonic()
+    drill = run_playbook("playbooks/dr_drill.yml", inventory=inventory, extra_vars=drill_vars, timeout=3600)
+    site = PatroniSite(bed=bed, inventory=inventory, controller_dir=base / "controller",
+                       public_url=f"https://{public_host}:{PORTS['cullis_nginx_port']}", marker_org=marker,
+                       source_set=source_set, drill=drill, drill_seconds=time.monotonic() - t0, drill_vars=drill_vars)
+    print(f"DR drill into the Patroni site (deploy of pg1, pg2, app included): {site.drill_seconds:.0f}s")
+    if drill.rc != 0:
+        report = [r.get("msg") for r in drill.task_results("DR drill report")]
+        pytest.fail(f"DR drill into the Patroni site failed (rc={drill.rc}): {report}\n"
+                    + "\n".join(drill.output.splitlines()[-80:]), pytrace=False)
+    return site

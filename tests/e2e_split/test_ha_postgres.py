@@ -1,6 +1,8 @@
-"""Issue 18 (PostgreSQL part): Patroni + etcd, the primary's postgres killed, failover, rejoin.
+"""Issue 18 (PostgreSQL part): Patroni + etcd, the primary's postgres killed, failover, rejoin;
+backups from the standby and a restore into the leader.
 
-Its own small topology on the test bed (prepared hosts, deployed once by the module fixture):
+The HA PostgreSQL topology is the DR site of the quarterly drill (conftest `patroni_site`: deployed
+from scratch by playbooks/dr_drill.yml, the split stack's backup restored into it, kept):
   pg1, pg2: cullis_postgres (Patroni running PostgreSQL 15) and cullis_etcd
   app:      cullis_etcd (the third member), redis, vault, broker, proxy
 with `cullis_postgres_ha: patroni`: the broker's DATABASE_URL names pg1 and pg2 with
@@ -16,14 +18,12 @@ Runbook section 2 "Postgres down or unreachable" on a Patroni cluster:
 - a redeploy after the failover reports changed=0 (the deploy follows the primary it finds);
 - playbooks/incidents/postgres_down.yml then reports that failover and changes nothing; with a
   standby's Patroni stopped it starts it on that host only, the member rejoins, rerun changed=0.
-
-Opt-in (CULLIS_SPLIT_HA_POSTGRES=1): the deploy of this third topology does not fit the split
-stage's budget on the shared 2-core machine (measured time in the closing note).
+"Backups": backup.yml dumps on the streaming standby (the full verify's scratch database on the
+leader: a standby is read-only); restore.yml puts that set back on the leader, the standby replays it.
 """
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import ssl
 import time
@@ -31,27 +31,14 @@ import urllib.error
 import urllib.request
 
 import pytest
-import yaml
 
-from testkit.ansible import run_playbook
-from tests.e2e_split.conftest import container_ip, write_split_inventory
+from tests.e2e_split.conftest import PATRONI_TOPOLOGY
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(os.environ.get("CULLIS_SPLIT_HA_POSTGRES") != "1", reason=(
-        "the Patroni topology (pg1, pg2, app) is a third deploy on the test bed that does not fit the split "
-        "stage's time budget on this machine: CULLIS_SPLIT_HA_POSTGRES=1 runs it")),
-]
+pytestmark = [pytest.mark.slow]
 
 STACK_DIR = "/srv/cullis"
 SUPERVISORCTL = f"supervisorctl -c {STACK_DIR}/supervisor/supervisord.conf"
 PG_DATA = f"{STACK_DIR}/postgres/data"
-PSQL = "/usr/lib/postgresql/15/bin/psql"
-TOPOLOGY = {
-    "pg1": ["cullis_postgres", "cullis_etcd"],
-    "pg2": ["cullis_postgres", "cullis_etcd"],
-    "app": ["cullis_etcd", "cullis_redis", "cullis_vault", "cullis_broker", "cullis_proxy"],
-}
 MEMBERS = ("pg1", "pg2")
 REST_PORT = 8008
 # README "HA PostgreSQL": the broker serves again within this many seconds of the primary's crash.
@@ -59,16 +46,23 @@ FAILOVER_BOUND = 60
 
 
 class HaPg:
-    def __init__(self, bed, inventory, public_url, controller_dir):
-        self.bed, self.inventory, self.public_url, self.controller_dir = bed, inventory, public_url, controller_dir
+    """The Patroni site with the views the tests need (its REST API, the public URL) and their timings."""
+
+    def __init__(self, site):
+        self.site = site
+        self.bed, self.inventory, self.public_url, self.controller_dir = (
+            site.bed, site.inventory, site.public_url, site.controller_dir)
+        self.deploy_result = site.drill
         self.timings: dict[str, float] = {}
 
     def run(self, playbook, **kwargs):
-        return run_playbook(playbook, inventory=self.inventory, **kwargs)
+        return self.site.run(playbook, **kwargs)
 
     def env(self) -> dict:
-        out = self.bed.exec("app", f"cat {STACK_DIR}/.env").output
-        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line and not line.startswith("#"))
+        return self.site.env()
+
+    def psql(self, host: str, sql: str) -> str:
+        return self.site.psql(host, sql)
 
     def cluster(self) -> dict:
         """Patroni's GET /cluster from the controller (any member answers; {} when none does)."""
@@ -85,12 +79,6 @@ class HaPg:
 
     def leader(self) -> str | None:
         return next((n for n, (role, state) in self.roles().items() if role == "leader" and state == "running"), None)
-
-    def psql(self, host: str, sql: str) -> str:
-        res = self.bed.exec(host, [PSQL, "-h", f"{STACK_DIR}/postgres/sock", "-p", "5432", "-d", "agent_trust",
-                                   "-v", "ON_ERROR_STOP=1", "-Atq", "-c", sql], user="postgres")
-        assert res.rc == 0, res.output
-        return res.output.strip()
 
     def get(self, path: str, admin: bool = False) -> int:
         ctx = ssl.create_default_context(cafile=str(self.controller_dir / "ca.pem"))
@@ -116,24 +104,8 @@ def wait(cond, timeout: float, what: str, step: float = 0.5) -> float:
 
 
 @pytest.fixture(scope="module")
-def hapg(testbed_factory, tmp_path_factory):
-    bed = testbed_factory(TOPOLOGY, image="prepared", name="hapg")
-    base = tmp_path_factory.mktemp("hapg")
-    public_host = container_ip(bed, "app")
-    inventory = write_split_inventory(bed, base, public_host)
-    data = yaml.safe_load(inventory.read_text())
-    data["all"]["vars"]["cullis_postgres_ha"] = "patroni"
-    inventory.write_text(yaml.safe_dump(data, sort_keys=False))
-    st = HaPg(bed, inventory, f"https://{public_host}:8443", base / "controller")
-    t0 = time.monotonic()
-    res = st.run("playbooks/deploy.yml")
-    st.timings["deploy"] = time.monotonic() - t0
-    print(f"hapg: deploy of pg1, pg2, app in {st.timings['deploy']:.0f}s")
-    if res.rc != 0:
-        pytest.fail("deploy of the Patroni topology failed (rc=%s):\n%s" % (res.rc, "\n".join(res.output.splitlines()[-80:])),
-                    pytrace=False)
-    st.deploy_result = res
-    return st
+def hapg(patroni_site):
+    return HaPg(patroni_site)
 
 
 def test_patroni_cluster_deployed(hapg):
@@ -142,7 +114,7 @@ def test_patroni_cluster_deployed(hapg):
     assert sorted(roles) == ["pg1", "pg2"], roles
     assert sorted(r for r, _ in roles.values()) == ["leader", "sync_standby"], roles
     assert all(state == "running" for _, state in roles.values()), roles
-    for host in TOPOLOGY:
+    for host in PATRONI_TOPOLOGY:
         assert "RUNNING" in hapg.bed.exec(host, f"{SUPERVISORCTL} status etcd").output, host
     env = hapg.env()
     assert "target_session_attrs=read-write" in env["DATABASE_URL"] and "host=pg1,pg2" in env["DATABASE_URL"]
@@ -154,38 +126,47 @@ def test_patroni_cluster_deployed(hapg):
 
 
 def test_primary_killed_failover_no_row_lost_rejoin(hapg, tmp_path):
-    """Runbook §2 on Patroni: primary's postgres kill -9 -> failover, broker back, no row lost, rejoin."""
-    from testkit.broker_orgs import onboard_org
+    """Runbook §2 on Patroni: primary's postgres kill -9 under load (bench/ha_load.py "failover": agent
+    logins and authenticated calls through the proxy) -> failover, broker back within the stated
+    bound, no row lost, rejoin. The load's failed requests are recorded (in-flight requests of the
+    failover window may fail: README "HA PostgreSQL"), not asserted away."""
+    from bench.ha_load import run_scenario, sized_load
+    from testkit.broker_orgs import auth_limit, onboard_org
 
     env = hapg.env()
     old = hapg.leader()
     assert old in MEMBERS
+    ca = str(hapg.controller_dir / "ca.pem")
+    redis_url = env["REDIS_URL"].replace("@app:", f"@{hapg.bed.ip('app')}:")
     orgs = [f"hapg-{secrets.token_hex(3)}-{i}" for i in range(3)]
-    for org in orgs:
-        onboard_org(None, org, tmp_path / org, 1, url=hapg.public_url, admin_secret=env["ADMIN_SECRET"],
-                    ca_path=hapg.controller_dir / "ca.pem")
+    for org in orgs:  # the first org's two agents are the load's
+        onboard_org(None, org, tmp_path / org, 2 if org == orgs[0] else 1, redis_url, url=hapg.public_url,
+                    admin_secret=env["ADMIN_SECRET"], ca_path=ca)
     in_list = "(" + ",".join(f"'{o}'" for o in orgs) + ")"
     before = hapg.psql(old, f"SELECT count(*) FROM organizations WHERE org_id IN {in_list}")
     assert before == "3"
     agents_before = hapg.psql(old, "SELECT count(*) FROM agents")
 
-    postmaster = hapg.bed.exec(old, f"head -1 {PG_DATA}/postmaster.pid").output.strip()
-    assert postmaster.isdigit(), postmaster
-    t0 = time.monotonic()
-    hapg.bed.exec(old, ["kill", "-9", postmaster], check=True)
-
-    hapg.timings["new_leader"] = wait(lambda: hapg.leader() not in (None, old), 90, "Patroni to promote the standby")
-    new = hapg.leader()
-    hapg.timings["first_failover"] = hapg.timings["new_leader"]
+    gen = sized_load(hapg.public_url, ca, redis_url, tmp_path / orgs[0], ["a00", "a01"], 60, auth_limit(env))
+    members = {m: hapg.bed.ip(m) for m in MEMBERS}
+    out = run_scenario("failover", hapg.inventory, gen, tmp_path, tail=2.0,
+                       failover={"members": members, "url": hapg.public_url, "ca": ca})
+    new = out["new_leader"]
+    assert out["old_leader"] == old and new in MEMBERS and new != old, out
+    hapg.timings["new_leader"] = hapg.timings["first_failover"] = out["new_leader_seconds"]
+    assert out["broker_back_seconds"] is not None, out
 
     def broker_back() -> bool:
         return hapg.get("/readyz") == 200 and hapg.get("/v1/registry/orgs", admin=True) == 200
 
-    wait(broker_back, FAILOVER_BOUND + 60, "the broker's /readyz and an admin DB call", step=1)
-    hapg.timings["broker_back"] = time.monotonic() - t0
-    print(f"hapg: new leader {new} after {hapg.timings['new_leader']:.1f}s, broker back after "
-          f"{hapg.timings['broker_back']:.1f}s")
+    t_ready = time.monotonic()
+    wait(broker_back, FAILOVER_BOUND, "the broker's /readyz and an admin DB call", step=1)
+    hapg.timings["broker_back"] = out["broker_back_seconds"] + (time.monotonic() - t_ready)
+    load = {k: out[k] for k in ("sent", "failed", "failed_by_status")}
+    print(f"hapg: new leader {new} after {out['new_leader_seconds']}s, broker back after "
+          f"{hapg.timings['broker_back']:.1f}s; load during the failover: {json.dumps(load)}")
     assert hapg.timings["broker_back"] <= FAILOVER_BOUND, hapg.timings
+    assert out["sent"] > 0 and out["load"]["ok"] > 0, out["load"]
 
     # every row committed before the kill is on the new primary
     assert hapg.psql(new, f"SELECT count(*) FROM organizations WHERE org_id IN {in_list}") == "3"
@@ -238,4 +219,57 @@ def test_postgres_down_reports_failover_and_restores_a_member(hapg):
     for res in (healthy, first, again):
         for value in secrets_:
             assert value not in res.output, "a secret appeared in the postgres_down output"
+    print(f"hapg timings: {json.dumps({k: round(v, 1) for k, v in hapg.timings.items()})}")
+
+
+def test_backup_reads_the_standby_and_restore_writes_the_leader(hapg):
+    """Backups on Patroni: backup.yml dumps on the streaming standby (the primary's I/O is spared); its
+    full verify restores into a scratch database on the leader over TCP (a standby is read-only, so a
+    verify that passed on the standby host went there). restore.yml puts the set back ON THE LEADER
+    (new database, swapped in by rename) and the standby replays it; the broker serves again."""
+    from tests.e2e_split.test_split_operations import ran_on
+
+    env = hapg.env()
+    secrets_ = [env[k] for k in ("ADMIN_SECRET", "POSTGRES_PASSWORD", "PATRONI_SUPERUSER_PASSWORD",
+                                 "PATRONI_REPLICATION_PASSWORD")]
+    leader = hapg.leader()
+    assert leader in MEMBERS
+    standby = next(m for m in MEMBERS if m != leader)
+    wait(lambda: hapg.roles().get(standby, (None, None)) in (("sync_standby", "running"), ("replica", "running")),
+         120, f"{standby} streaming")
+    t0 = time.monotonic()
+    backup = hapg.run("playbooks/backup.yml", callback="default")
+    hapg.timings["backup_from_standby"] = time.monotonic() - t0
+    assert backup.rc == 0, backup.output[-4000:]
+    assert ran_on(backup, "Postgres dump, checksummed, encrypted, atomic - agent_trust") == {standby}
+    assert ran_on(backup, "Verify the Postgres dump (full)") == {standby}
+    set_dir = sorted((hapg.controller_dir / "backups").glob("set-*"))[-1]
+    manifest = json.loads((set_dir / "backup-set.json").read_text())
+    pg_manifest = json.loads((set_dir / (manifest["postgres"] + ".json")).read_text())
+    assert pg_manifest["verification"]["status"] == "ok", pg_manifest["verification"]
+    assert pg_manifest["verification"]["mode"] == "restore", pg_manifest["verification"]
+    # the verify's scratch database is gone from the leader again
+    assert hapg.psql(leader, "SELECT count(*) FROM pg_database WHERE datname LIKE '%verify%'") == "0"
+
+    late = f"hapg-after-backup-{secrets.token_hex(3)}"
+    hapg.psql(leader, "INSERT INTO organizations (org_id, display_name, secret_hash, registered_at) "
+                      f"VALUES ('{late}', 'x', 'x', now())")
+    t0 = time.monotonic()
+    restore = hapg.run("playbooks/restore.yml", extra_vars={"confirm": True, "backup_set": str(set_dir)},
+                       callback="default")
+    hapg.timings["restore_into_leader"] = time.monotonic() - t0
+    assert restore.rc == 0, restore.output[-4000:]
+    assert ran_on(restore, "Restore Postgres (new database, row counts checked, swapped in by rename)") == {leader}
+    assert "broker running, /readyz 200" in " ".join(restore.output.split()), restore.output[-3000:]
+    # the set's data on the leader, replayed by the standby: the late row is gone, the drill's marker is there
+    count = ("SELECT count(*) FILTER (WHERE org_id = '{}') || ' ' || count(*) FILTER (WHERE org_id = '{}') "
+             "FROM organizations").format(late, hapg.site.marker_org)
+    assert hapg.psql(leader, count) == "0 1"
+    wait(lambda: hapg.psql(standby, count) == "0 1", 60, f"{standby} to replay the restore")
+    assert hapg.leader() == leader
+    assert hapg.roles().get(standby) in (("sync_standby", "running"), ("replica", "running")), hapg.roles()
+    assert hapg.get("/readyz") == 200 and hapg.get("/v1/registry/orgs", admin=True) == 200
+    for res in (backup, restore):
+        for value in secrets_:
+            assert value not in res.output, "a secret appeared in the backup/restore output"
     print(f"hapg timings: {json.dumps({k: round(v, 1) for k, v in hapg.timings.items()})}")
