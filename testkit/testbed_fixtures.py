@@ -5,9 +5,9 @@
   hash in the engine's persistent data root (`prepared` is built on first use only).
 - `testbed_factory`: `factory(topology=None, image="bare", name=None) -> Testbed`, started and
   torn down at session end; use it for a second topology (DR drill) or a prepared-host bed.
-- `split_testbed`: the issue-11 topology (postgres, redis, vault, broker1, broker2, proxy), with
-  CULLIS_SPLIT_VAULT_NODES=3 Vault as a raft cluster of three (issue 18: vault, vault2, vault3 in
-  cullis_vault; `vault` is the first member, initialised once), on bare hosts, shared by the session;
+- `split_testbed`: the issue-11 topology (postgres, redis, vault, broker1, broker2, proxy) with Vault
+  as a raft cluster of three (issue 18: vault, vault2, vault3 in cullis_vault; `vault` is the first
+  member, initialised once; CULLIS_SPLIT_VAULT_NODES=1 for one), on bare hosts, shared by the session;
   `split_testbed.write_inventory()` gives the inventory.
 
 Everything is skipped, with the reason, on a machine that cannot run the engine (not root, no
@@ -22,11 +22,11 @@ import pytest
 
 from testkit.testbed import ISSUE11_TOPOLOGY
 
-# Issue 18: the split topology with Vault as a raft cluster: CULLIS_SPLIT_VAULT_NODES=3 adds vault2 and
-# vault3 to cullis_vault (`vault` stays first: the member initialised once, the brokers' VAULT_ADDR;
-# standbys forward to the active node). Default 1 (the issue-11 topology) until the three-node split
-# run is proven green in CI; tests/e2e_split/test_ha_vault.py skips, saying so, with one member.
-SPLIT_VAULT_NODES = int(os.environ.get("CULLIS_SPLIT_VAULT_NODES", "1"))
+# Issue 18: the split topology with Vault as a raft cluster of three: vault2 and vault3 join `vault` in
+# cullis_vault (`vault` stays first: the member initialised once; the brokers reach the cluster through
+# the balancer on their host). CULLIS_SPLIT_VAULT_NODES=1 gives the issue-11 topology with one Vault
+# (a quicker local run); tests/e2e_split/test_ha_vault.py then skips, saying so.
+SPLIT_VAULT_NODES = int(os.environ.get("CULLIS_SPLIT_VAULT_NODES", "3"))
 SPLIT_TOPOLOGY: dict[str, list[str]] = {}
 for _name, _groups in ISSUE11_TOPOLOGY.items():
     SPLIT_TOPOLOGY[_name] = _groups
@@ -86,5 +86,5 @@ def testbed_factory(docker_engine, testbed_images, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def split_testbed(testbed_factory):
-    """The issue-11 topology (plus vault2, vault3 with CULLIS_SPLIT_VAULT_NODES=3), for the whole session."""
+    """The issue-11 topology plus vault2, vault3 (CULLIS_SPLIT_VAULT_NODES=1: without), for the whole session."""
     return testbed_factory(SPLIT_TOPOLOGY, name="split")

@@ -1,6 +1,6 @@
 """Issue 18: Vault/OpenBao as a raft cluster of three on the split topology.
 
-With CULLIS_SPLIT_VAULT_NODES=3 the session's split topology (conftest `split_stack`) has three Vault
+The session's split topology (conftest `split_stack`) has three Vault
 hosts in cullis_vault: `vault` (the first member: initialised once by the deploy) and `vault2`,
 `vault3` (retry_join over TLS with the stack CA, joined when the deploy unsealed them with the keys
 file read ON THE CONTROLLER). The brokers' one VAULT_ADDR is the Vault balancer on their own host
@@ -35,8 +35,8 @@ from tests.e2e_split.test_split_incidents import assert_no_secret, readyz, run_t
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(SPLIT_VAULT_NODES < 3, reason=(
-        "the split test bed has one Vault member: CULLIS_SPLIT_VAULT_NODES=3 deploys the raft of three "
-        "(opt-in until that split run is proven in CI; testkit/testbed_fixtures.py)")),
+        "the split test bed has one Vault member (CULLIS_SPLIT_VAULT_NODES=1 was set): the default, 3, "
+        "deploys the raft of three (testkit/testbed_fixtures.py)")),
 ]
 
 STACK_DIR = "/srv/cullis"
@@ -256,6 +256,36 @@ def test_lost_quorum_two_members_killed_restored(split_stack):
     assert_cluster_healthy(split_stack)
     assert readyz(split_stack) == 200
     assert vault_read(split_stack) == 200 and vault_read(split_stack, "broker2") == 200
+    assert_no_secret(split_stack, first, again)
+
+
+def test_member_replaced_by_a_fresh_node_joins_and_is_unsealed(split_stack):
+    """README "A member replaced by a fresh host": vault3's server rebuilt (its Vault process gone and
+    its raft data with it; same place in cullis_vault, so the same node_id). deploy.yml drops the
+    dead raft peer through a live member, starts the fresh node, which retry_joins and is unsealed
+    with the keys file read on the controller: three voters again. The broker's Vault read and
+    /readyz never fail meanwhile (two members keep the quorum); the rerun reports changed=0."""
+    assert_cluster_healthy(split_stack)
+    old_pid = pid(split_stack, "vault3", "vault")
+    split_stack.sh("vault3", f"{SUPERVISORCTL} stop vault")
+    split_stack.sh("vault3", f"rm -rf {STACK_DIR}/vault/raft")
+    assert split_stack.bed.exec("vault3", ["test", "-e", f"{STACK_DIR}/vault/raft/vault.db"]).rc != 0
+    poller = Poller(split_stack)
+    poller.start()
+    try:
+        t0 = time.monotonic()
+        first = split_stack.run("playbooks/deploy.yml")
+        print(f"deploy with vault3 rebuilt: {time.monotonic() - t0:.1f}s")
+        assert first.rc == 0, first.explain()
+    finally:
+        poller.stop()
+    assert pid(split_stack, "vault3", "vault") != old_pid
+    assert_cluster_healthy(split_stack)
+    assert split_stack.bed.exec("vault3", ["test", "-s", f"{STACK_DIR}/vault/raft/vault.db"]).rc == 0
+    print(f"member replaced: poller {poller.samples} samples, failures: {poller.failures}")
+    assert poller.failures == [], f"requests failed while vault3 was replaced: {poller.failures}"
+    again = split_stack.run("playbooks/deploy.yml")
+    assert again.rc == 0 and again.changed == 0, again.explain() if again.rc else again.stats
     assert_no_secret(split_stack, first, again)
 
 
