@@ -6,7 +6,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export CULLIS_STACK_DIR ?= $(CURDIR)/.stack
 INVENTORY ?= inventories/local
 
-.PHONY: deps up down smoke test test-fast lint sanity units release pytest modules e2e split help
+.PHONY: deps up down smoke test test-fast lint sanity units release pytest modules e2e split compose help
 
 help:
 	@echo "make up          deploy the whole local stack and run its smoke test"
@@ -42,5 +42,5 @@ test-fast: deps
 	pytest -p no:cacheprovider -m "not slow and not stack" broker_src/tests tests \
 		--ignore=tests/testbed --ignore=tests/e2e_split --ignore=tests/e2e_compose
 
-lint sanity units release pytest modules e2e split: deps
+lint sanity units release pytest modules e2e split compose: deps
 	@scripts/test.sh $@
