@@ -264,7 +264,7 @@ def test_member_replaced_by_a_fresh_node_joins_and_is_unsealed(split_stack):
     its raft data with it; same place in cullis_vault, so the same node_id). deploy.yml drops the
     dead raft peer through a live member, starts the fresh node, which retry_joins and is unsealed
     with the keys file read on the controller: three voters again. The broker's Vault read and
-    /readyz never fail meanwhile (two members keep the quorum); the rerun reports changed=0."""
+    /readyz never fail meanwhile (two members keep the quorum)."""
     assert_cluster_healthy(split_stack)
     old_pid = pid(split_stack, "vault3", "vault")
     split_stack.sh("vault3", f"{SUPERVISORCTL} stop vault")
@@ -284,9 +284,9 @@ def test_member_replaced_by_a_fresh_node_joins_and_is_unsealed(split_stack):
     assert split_stack.bed.exec("vault3", ["test", "-s", f"{STACK_DIR}/vault/raft/vault.db"]).rc == 0
     print(f"member replaced: poller {poller.samples} samples, failures: {poller.failures}")
     assert poller.failures == [], f"requests failed while vault3 was replaced: {poller.failures}"
-    again = split_stack.run("playbooks/deploy.yml")
-    assert again.rc == 0 and again.changed == 0, again.explain() if again.rc else again.stats
-    assert_no_secret(split_stack, first, again)
+    assert_no_secret(split_stack, first)
+    # The changed=0 rerun is test_split_operations.py::test_second_deploy_changes_nothing, later in the
+    # session: a deploy of the eight hosts takes ~3 minutes here, too long to run twice in a row.
 
 
 def leader_host(split_stack) -> str:
