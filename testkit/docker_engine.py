@@ -38,7 +38,7 @@ from pathlib import Path
 from testkit.process import ManagedProcess, wait_for
 
 LABEL = "org.cullis.testbed"
-MAX_SLOTS = 4
+MAX_SLOTS = 6
 NFT_TABLES = (("ip", "nat"), ("ip", "filter"))
 
 
@@ -131,15 +131,27 @@ PRISTINE = Path(os.environ.get("CULLIS_TESTBED_RUN_DIR", "/run")) / "cullis-test
 
 
 @contextlib.contextmanager
-def _network_lock():
-    """Machine-wide lock around "snapshot + start dockerd" and "stop + restore"."""
-    PRISTINE.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(PRISTINE.with_suffix(".lock"), os.O_CREAT | os.O_RDWR, 0o644)
+def _machine_lock(path: Path):
+    """An exclusive flock on `path` (created if needed), held for the with-block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)
+
+
+def _network_lock():
+    """Machine-wide lock around "snapshot + start dockerd" and "stop + restore"."""
+    return _machine_lock(PRISTINE.with_suffix(".lock"))
+
+
+def network_create_lock():
+    """Machine-wide lock around creating a network on one of the kit's engines. Each engine takes the
+    first subnet of its default pool that no host route uses yet, so two engines (the stages of
+    `make test` run several) creating a network at the same moment could take the same one."""
+    return _machine_lock(PRISTINE.with_suffix(".netcreate.lock"))
 
 
 def pristine_network() -> dict:

@@ -140,8 +140,11 @@ class Testbed:
         t0 = time.monotonic()
         topology = ISSUE11_TOPOLOGY if topology is None else topology
         if self.network is None:
-            self.network = self.client.networks.create(self.network_name, driver="bridge",
-                                                       labels=self._labels())
+            from testkit.docker_engine import network_create_lock
+
+            with network_create_lock():  # another engine of this machine may be creating one too
+                self.network = self.client.networks.create(self.network_name, driver="bridge",
+                                                           labels=self._labels())
         for name, groups in topology.items():
             self.add_host(name, groups)
         for name in topology:
