@@ -2,8 +2,8 @@
 # The whole test suite, stage by stage. Every stage runs even when an earlier one failed; the
 # exit status is non-zero if any failed. Usage:
 #   scripts/test.sh [all|lint|sanity|units|release|pytest|modules|e2e|split|compose]
-# (`pytest` = `modules` + `e2e`; with `all`, the modules, compose and split stages overlap the others:
-# see below)
+# (`pytest` = `modules` + `e2e`; with `all`, the modules, split, hapg and compose stages overlap the
+# others, and `hapg` is the Patroni part of `split` run beside it: see below)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
@@ -56,17 +56,25 @@ run_split() {
   # The multi-host test bed (Docker engine, bare Debian hosts over SSH) and the split-topology
   # end-to-end tests on it (issue 11), with the HA tests (issue 18: the raft of three on the split
   # topology, Patroni on the DR drill's site). Skips with its reason where the engine cannot run.
-  pytest -p no:cacheprovider --durations=30 tests/testbed tests/e2e_split
+  pytest -p no:cacheprovider --durations=30 tests/testbed tests/e2e_split "$@"
 }
+# The Patroni site (the DR drill's, from the split stack's backup set) and its tests: in `all`, a stage
+# of its own on its own engine, given the split stack's set by the split stage through a directory
+# (tests/e2e_split/conftest.py: DrSource, CULLIS_DR_HANDOFF); the split stage then skips these files.
+HAPG_FILES=(tests/e2e_split/test_ha_postgres.py tests/e2e_split/test_split_dr.py)
+run_split_giving() { CULLIS_DR_HANDOFF_ROLE=give run_split "${HAPG_FILES[@]/#/--ignore=}"; }
+run_hapg() { CULLIS_DR_HANDOFF_ROLE=take pytest -p no:cacheprovider --durations=30 "${HAPG_FILES[@]}"; }
 run_compose() {
   # The compose runtime (issue 12) on an engine of its own (the test kit's next engine slot: its
   # images come from the archive the split stage's engine saved, or are built under the image lock).
   pytest -p no:cacheprovider --durations=30 tests/e2e_compose
 }
 
-# `all` runs the split and modules stages in the background, next to the others, and the compose
-# stage in the background once the modules stage has ended (measured: modules ends ~13 minutes
-# before the others; the split stage, with the HA tests, is the longest). The split stage spends
+# `all` runs the split, hapg and modules stages in the background, next to the others, and the
+# compose stage in the background once the modules stage has ended (measured: modules ends ~13
+# minutes before the others). The split stage with the Patroni tests in it was the longest lane
+# (one pytest session, one test after the other: 81 min of a CI run): its Patroni half is the hapg
+# stage, which deploys its site as soon as the split stage has deployed and backed up its stack. The split stage spends
 # most of its time building images (network, disk) and waiting on containers over SSH; the modules
 # stage and the e2e stage mostly wait on services starting and playbooks polling them. On this
 # 2-core machine those overlaps save about the length of the background stages.
@@ -92,7 +100,11 @@ after_modules() {  # the compose stage's function in `all`: starts when the modu
   run_compose
 }
 if [ "$what" = all ] && [ -z "${CULLIS_TEST_SERIAL:-}" ]; then
-  background split run_split
+  CULLIS_DR_HANDOFF=$(mktemp -d -t cullis-dr-handoff.XXXXXX)
+  export CULLIS_DR_HANDOFF
+  trap 'rm -rf "$CULLIS_DR_HANDOFF"' EXIT  # a copy of a backup set and its keys (0700)
+  background split run_split_giving
+  background hapg run_hapg
   background modules run_modules
   background compose after_modules
 fi

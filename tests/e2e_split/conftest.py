@@ -16,6 +16,14 @@ restored by playbooks/dr_drill.yml into a second test bed deployed from scratch 
 (test_split_dr.py). One deploy serves both: the drill's restore into a Patroni cluster (on its
 leader) and the failover tests on restored data.
 
+What the drill takes from the split stack is a `DrSource` (`take_dr_source`: the backup set, the
+backup key, the Vault keys file, and what test_split_dr compares against). In one pytest session
+(`make split`) patroni_site takes it from `split_stack` directly. `make test` runs the Patroni files
+as a stage of their own next to the split stage (scripts/test.sh: CULLIS_DR_HANDOFF=<dir>): the split
+stage gives the DrSource right after its deploy (CULLIS_DR_HANDOFF_ROLE=give, `dr_source_handoff`),
+the hapg stage waits for it (=take) on a test bed of its own engine, so the two topologies' tests
+run side by side instead of one after the other.
+
 The controller runs no stack service: HTTP checks reach nginx on the proxy container's address on
 the test bed network (a network the tests created).
 """
@@ -29,6 +37,8 @@ import pytest
 import yaml
 
 import json
+import os
+import shutil
 import uuid
 
 from testkit.ansible import REPO, PlaybookResult, run_playbook
@@ -146,8 +156,7 @@ class PatroniSite:
     inventory: Path
     controller_dir: Path
     public_url: str
-    marker_org: str  # in the restored set, deleted from the split stack after its backup
-    source_set: Path  # the split stack's backup set the drill restored
+    source: "DrSource"  # what the drill restored (the split stack's set and keys)
     drill: PlaybookResult
     drill_seconds: float
     drill_vars: dict
@@ -167,8 +176,29 @@ class PatroniSite:
         return dict(line.split("=", 1) for line in out.splitlines() if "=" in line and not line.startswith("#"))
 
 
-@pytest.fixture(scope="session")
-def patroni_site(split_stack, testbed_factory, tmp_path_factory):
+# The broker's signing key files (written from Vault by the deploy): the DR site's must be the split stack's.
+BROKER_KEY_FILES = (f"{STACK_DIR}/broker/certs/broker-ca.pem", f"{STACK_DIR}/broker/certs/broker-ca-key.pem")
+HANDOFF_TIMEOUT = 3600  # the hapg stage's wait for the split stage's DrSource (its deploy + one backup)
+
+
+@dataclass
+class DrSource:
+    """What the DR drill takes from the split stack, as files on the controller: `controller_dir`
+    holds backups/<the set>, backup.key and vault-keys.json (the split stack's, mode 0600)."""
+    controller_dir: Path
+    source_set: Path
+    marker_org: str  # in the set, deleted from the split stack after its backup (checked there)
+    secret_values: list[str]  # SplitStack.secret_values(): none may appear in the drill's output
+    key_file_sha256: dict[str, str]  # BROKER_KEY_FILES on broker1 when the set was taken
+
+    def drill_vars(self) -> dict:
+        d = self.controller_dir
+        return {"dr_source_backup_dir": str(d / "backups"), "dr_backup_key_file": str(d / "backup.key"),
+                "dr_source_vault_keys_file": str(d / "vault-keys.json"), "dr_keep": True}
+
+
+def take_dr_source(split_stack) -> DrSource:
+    """A backup set of the split stack holding a marker org the live stack no longer has."""
     marker = f"dr-marker-{uuid.uuid4().hex[:8]}"
     split_stack.psql("INSERT INTO organizations (org_id, display_name, secret_hash, registered_at) "
                      f"VALUES ('{marker}', 'x', 'x', now())")
@@ -177,23 +207,91 @@ def patroni_site(split_stack, testbed_factory, tmp_path_factory):
         assert backup.rc == 0, backup.output[-4000:]
     finally:
         split_stack.psql(f"DELETE FROM organizations WHERE org_id = '{marker}'")
-    source_set = sorted((split_stack.controller_dir / "backups").glob("set-*"))[-1]
+    assert split_stack.psql(f"SELECT count(*) FROM organizations WHERE org_id = '{marker}'") == "0"
+    hashes = {}
+    for path in BROKER_KEY_FILES:
+        res = split_stack.bed.exec("broker1", ["sha256sum", path])
+        assert res.rc == 0, res.output
+        hashes[path] = res.output.split()[0]
+    return DrSource(controller_dir=split_stack.controller_dir,
+                    source_set=sorted((split_stack.controller_dir / "backups").glob("set-*"))[-1],
+                    marker_org=marker, secret_values=split_stack.secret_values(), key_file_sha256=hashes)
 
+
+def give_dr_source(source: DrSource, handoff: Path) -> None:
+    """Copies the source's files into `handoff` (0700) and publishes it with ready.json (renamed in)."""
+    handoff.chmod(0o700)
+    controller = handoff / "controller"
+    shutil.copytree(source.source_set, controller / "backups" / source.source_set.name)
+    for name in ("backup.key", "vault-keys.json"):
+        shutil.copy2(source.controller_dir / name, controller / name)
+    data = {"source_set": source.source_set.name, "marker_org": source.marker_org,
+            "secret_values": source.secret_values, "key_file_sha256": source.key_file_sha256}
+    tmp = handoff / "ready.json.tmp"
+    tmp.write_text(json.dumps(data))
+    tmp.chmod(0o600)
+    tmp.rename(handoff / "ready.json")
+
+
+def wait_for_dr_source(handoff: Path, timeout: float = HANDOFF_TIMEOUT) -> DrSource:
+    """The DrSource the split stage gave (ready.json), or its reason for giving none (failed.txt)."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if (handoff / "ready.json").exists():
+            data = json.loads((handoff / "ready.json").read_text())
+            controller = handoff / "controller"
+            return DrSource(controller_dir=controller, source_set=controller / "backups" / data["source_set"],
+                            marker_org=data["marker_org"], secret_values=data["secret_values"],
+                            key_file_sha256=data["key_file_sha256"])
+        if (handoff / "failed.txt").exists():
+            reason = (handoff / "failed.txt").read_text()
+            if reason.startswith("skipped: "):
+                pytest.skip(f"the split stage has no stack to take the DR drill's backup from: {reason[9:]}")
+            pytest.fail(f"the split stage gave no backup set for the DR drill: {reason}", pytrace=False)
+        time.sleep(5)
+    pytest.fail(f"the split stage gave no backup set for the DR drill within {timeout}s ({handoff})", pytrace=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def dr_source_handoff(request):
+    """In the split stage of `make test` (CULLIS_DR_HANDOFF_ROLE=give): the DrSource for the hapg
+    stage, as soon as the split stack is deployed; elsewhere nothing."""
+    if os.environ.get("CULLIS_DR_HANDOFF_ROLE") != "give":
+        yield
+        return
+    handoff = Path(os.environ["CULLIS_DR_HANDOFF"])
+    try:
+        give_dr_source(take_dr_source(request.getfixturevalue("split_stack")), handoff)
+    except pytest.skip.Exception as e:
+        (handoff / "failed.txt").write_text(f"skipped: {e}")
+        raise
+    except BaseException as e:
+        (handoff / "failed.txt").write_text(f"{type(e).__name__}: {str(e)[-2000:]}")
+        raise
+    yield
+
+
+@pytest.fixture(scope="session")
+def patroni_site(request, testbed_factory, tmp_path_factory):
+    # the site's hosts first: their engine and image start while the split stage deploys (hapg stage)
     bed = testbed_factory(PATRONI_TOPOLOGY, image="prepared", name="hapg")
+    if os.environ.get("CULLIS_DR_HANDOFF_ROLE") == "take":
+        source = wait_for_dr_source(Path(os.environ["CULLIS_DR_HANDOFF"]))
+    else:
+        source = take_dr_source(request.getfixturevalue("split_stack"))
+
     base = tmp_path_factory.mktemp("patroni-site")
     public_host = container_ip(bed, "app")
     inventory = write_split_inventory(bed, base, public_host)
     data = yaml.safe_load(inventory.read_text())
     data["all"]["vars"]["cullis_postgres_ha"] = "patroni"
     inventory.write_text(yaml.safe_dump(data, sort_keys=False))
-    source = split_stack.controller_dir
-    drill_vars = {"dr_source_backup_dir": str(source / "backups"), "dr_backup_key_file": str(source / "backup.key"),
-                  "dr_source_vault_keys_file": str(source / "vault-keys.json"), "dr_keep": True}
+    drill_vars = source.drill_vars()
     t0 = time.monotonic()
     drill = run_playbook("playbooks/dr_drill.yml", inventory=inventory, extra_vars=drill_vars, timeout=3600)
     site = PatroniSite(bed=bed, inventory=inventory, controller_dir=base / "controller",
-                       public_url=f"https://{public_host}:{PORTS['cullis_nginx_port']}", marker_org=marker,
-                       source_set=source_set, drill=drill, drill_seconds=time.monotonic() - t0, drill_vars=drill_vars)
+                       public_url=f"https://{public_host}:{PORTS['cullis_nginx_port']}", source=source,
+                       drill=drill, drill_seconds=time.monotonic() - t0, drill_vars=drill_vars)
     print(f"DR drill into the Patroni site (deploy of pg1, pg2, app included): {site.drill_seconds:.0f}s")
     if drill.rc != 0:
         report = [r.get("msg") for r in drill.task_results("DR drill report")]

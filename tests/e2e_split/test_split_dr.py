@@ -17,6 +17,8 @@ the HA PostgreSQL one (Patroni), so the drill's restore goes into a Patroni clus
 The drill runs once per session (conftest `patroni_site`); the Patroni tests run on the site it
 kept (tests/e2e_split/test_ha_postgres.py, earlier in the session when the whole directory runs),
 and this file tears it down last. Works with one or three hosts in the split stack's cullis_vault.
+What it compares against on the split stack is the drill's `DrSource` (taken when the set was, in
+this session or by the split stage beside it: conftest), so the file needs no split stack of its own.
 """
 from __future__ import annotations
 
@@ -28,7 +30,6 @@ import pytest
 pytestmark = [pytest.mark.slow]
 
 STACK_DIR = "/srv/cullis"  # = conftest.STACK_DIR
-KEY_FILES = (f"{STACK_DIR}/broker/certs/broker-ca.pem", f"{STACK_DIR}/broker/certs/broker-ca-key.pem")
 
 
 def assert_no_secret(values, result) -> None:
@@ -42,45 +43,44 @@ def sha256(bed, host: str, path: str) -> str:
     return res.output.split()[0]
 
 
-def test_dr_drill_from_the_split_backup_into_a_patroni_site(split_stack, patroni_site, docker_engine):
+def test_dr_drill_from_the_split_backup_into_a_patroni_site(patroni_site, docker_engine):
     """Backups — the quarterly drill, from the split stack's set into a Patroni DR site deployed from scratch."""
     from testkit.testbed import controller_processes_using
 
     site = patroni_site
-    bed = site.bed
+    bed, source = site.bed, site.source
     res = site.drill
     report = [r.get("msg") for r in res.task_results("DR drill report")]
     assert res.rc == 0, report or res.output[-4000:]
     text = " ".join(str(report).split())
     assert "DR DRILL PASS" in text and "smoke test passed against the restored staging stack" in text, text
-    assert site.source_set.name in text, text  # the newest verified set of the SPLIT stack
+    assert source.source_set.name in text, text  # the newest verified set of the SPLIT stack
     assert "vault yes" in text and "broker key files replaced by the restored Vault key" in text, text
     assert "replaced by the source's (the restored Vault's keys)" in text, text
     assert "kept (dr_keep=true)" in text, text
-    assert_no_secret(split_stack.secret_values(), res)
+    assert_no_secret(source.secret_values, res)
     print(f"DR drill into the Patroni site (deploy from prepared hosts included): {site.drill_seconds:.0f}s")
 
     # the split stack's data, on the DR site's Patroni cluster: on the leader and replayed by the standby
-    org_id = site.marker_org
+    # (take_dr_source checked that the split stack no longer has the marker org)
+    org_id = source.marker_org
     for host in ("pg1", "pg2"):
         assert site.psql(host, f"SELECT count(*) FROM organizations WHERE org_id = '{org_id}'") == "1", host
-    assert split_stack.psql(host="postgres", sql=f"SELECT count(*) FROM organizations WHERE org_id = '{org_id}'") == "0"
     # the restore ran on the leader the drill found (the standby is read-only)
     restored_on = {h for r in res.data.get("plays", []) for t in r.get("tasks", [])
                    if (t.get("task", {}).get("name") or "").endswith("What the Postgres restore did")
                    for h in t.get("hosts", {})}
     assert len(restored_on) == 1 and restored_on <= {"pg1", "pg2"}, restored_on
     # the DR broker signs with the split stack's key (the restored Vault's), not its deploy's own
-    for path in KEY_FILES:
-        assert sha256(bed, "app", path) == sha256(split_stack.bed, "broker1", path), path
+    for path, split_sha in source.key_file_sha256.items():
+        assert sha256(bed, "app", path) == split_sha, path
     # the DR site's keys file is now the restored Vault's (the split cluster's), still 0600
-    source = split_stack.controller_dir
     dr_keys_file = site.controller_dir / "vault-keys.json"
-    assert json.loads(dr_keys_file.read_text()) == json.loads((source / "vault-keys.json").read_text())
+    assert json.loads(dr_keys_file.read_text()) == json.loads((source.controller_dir / "vault-keys.json").read_text())
     assert dr_keys_file.stat().st_mode & 0o777 == 0o600
     # no unseal key, root token or backup key was written to a DR host
-    keys = json.loads((source / "vault-keys.json").read_text())
-    backup_key = (source / "backup.key").read_text().strip()
+    keys = json.loads((source.controller_dir / "vault-keys.json").read_text())
+    backup_key = (source.controller_dir / "backup.key").read_text().strip()
     for host in ("pg1", "pg2", "app"):
         for value in [keys["root_token"], *keys["unseal_keys_b64"], backup_key]:
             left = bed.exec(host, ["grep", "-rlF", value, STACK_DIR, "/tmp", "/root"]).output.strip()
