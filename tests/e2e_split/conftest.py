@@ -272,13 +272,15 @@ def dr_source_handoff(request):
 
 
 @pytest.fixture(scope="session")
-def patroni_site(request, testbed_factory, tmp_path_factory):
-    # the site's hosts first: their engine and image start while the split stage deploys (hapg stage)
-    bed = testbed_factory(PATRONI_TOPOLOGY, image="prepared", name="hapg")
+def patroni_site(request, tmp_path_factory):
     if os.environ.get("CULLIS_DR_HANDOFF_ROLE") == "take":
+        # the hapg stage's engine starts only now: the split stage has passed tests/testbed, whose
+        # tests start and stop engines of their own (an engine that stops restores the host's
+        # iptables, which a second engine starting at that moment would lose: seen in a rehearsal)
         source = wait_for_dr_source(Path(os.environ["CULLIS_DR_HANDOFF"]))
     else:
         source = take_dr_source(request.getfixturevalue("split_stack"))
+    bed = request.getfixturevalue("testbed_factory")(PATRONI_TOPOLOGY, image="prepared", name="hapg")
 
     base = tmp_path_factory.mktemp("patroni-site")
     public_host = container_ip(bed, "app")
