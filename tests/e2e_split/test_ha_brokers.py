@@ -23,6 +23,7 @@ import pytest
 
 from bench.ha_load import run_scenario, sized_load
 from testkit.broker_orgs import auth_limit, onboard_org, wait_for_rate_budget
+from testkit.measurements import measured
 from tests.e2e_split.test_split_incidents import wait
 
 pytestmark = [pytest.mark.slow]
@@ -103,7 +104,7 @@ def test_rolling_restart_under_load(split_stack, ha, tmp_path):
     since = log_length(split_stack)
     out = run_scenario("rolling", split_stack.inventory, load(ha, 120), tmp_path)
     res, report = out["result"], out["load"]
-    print(f"rolling restart under load: {out['restart_seconds']}s, {out['sent']} requests, {out['failed']} failed")
+    measured(f"rolling restart under load: {out['restart_seconds']}s, {out['sent']} requests, {out['failed']} failed")
     assert res.rc == 0, res.output[-4000:]
     assert_no_failure(report)
     # the load kept running through the whole restart (about 0.65 requests/s: at least one every 2 s)
@@ -134,7 +135,7 @@ def test_broker_killed_under_load_then_restored(split_stack, ha):
     assert split_stack.bed.exec(victim, ["kill", "-9", victim_pid]).rc == 0
     killed_at = log_length(split_stack)  # every request logged from here on ended after the kill
     report = gen.join()
-    print(f"kill -9 of {victim}: load {report.summary()}")
+    measured(f"kill -9 of {victim}: load {report.summary()}")
     assert_no_failure(report)
     assert report.sent >= 15, report.summary()
     after = upstreams(access_lines(split_stack, killed_at))
@@ -155,7 +156,7 @@ def test_naive_restart_of_both_brokers_fails_requests(split_stack, ha, tmp_path)
     Requests fail (the load generator sees them: nothing answers for the restart time), where the
     rolling restart above failed none; both brokers serve again afterwards."""
     out = run_scenario("naive", split_stack.inventory, load(ha, 40), tmp_path)
-    print(f"naive restart of both under load: {out['restart_seconds']}s, {out['sent']} requests, "
+    measured(f"naive restart of both under load: {out['restart_seconds']}s, {out['sent']} requests, "
           f"{out['failed']} failed {out['failed_by_status']}")
     assert out["rc"] == 0, out["result"].output[-3000:]
     assert out["failed"] > 0, out["load"]

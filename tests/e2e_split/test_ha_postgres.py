@@ -33,6 +33,7 @@ import urllib.request
 
 import pytest
 
+from testkit.measurements import measured
 from tests.e2e_split.conftest import PATRONI_TOPOLOGY
 
 pytestmark = [pytest.mark.slow]
@@ -164,7 +165,7 @@ def test_primary_killed_failover_no_row_lost_rejoin(hapg, tmp_path):
     wait(broker_back, FAILOVER_BOUND, "the broker's /readyz and an admin DB call", step=1)
     hapg.timings["broker_back"] = out["broker_back_seconds"] + (time.monotonic() - t_ready)
     load = {k: out[k] for k in ("sent", "failed", "failed_by_status")}
-    print(f"hapg: new leader {new} after {out['new_leader_seconds']}s, broker back after "
+    measured(f"hapg: new leader {new} after {out['new_leader_seconds']}s, broker back after "
           f"{hapg.timings['broker_back']:.1f}s; load during the failover: {json.dumps(load)}")
     assert hapg.timings["broker_back"] <= FAILOVER_BOUND, hapg.timings
     assert out["sent"] > 0 and out["load"]["ok"] > 0, out["load"]
@@ -189,7 +190,7 @@ def test_primary_killed_failover_no_row_lost_rejoin(hapg, tmp_path):
     # the deploy after the failover follows the new primary: nothing to change
     again = hapg.run("playbooks/deploy.yml")
     assert again.rc == 0 and again.changed == 0, (again.stats, again.output[-3000:])
-    print(f"hapg timings: {json.dumps({k: round(v, 1) for k, v in hapg.timings.items()})}")
+    measured(f"hapg timings: {json.dumps({k: round(v, 1) for k, v in hapg.timings.items()})}")
 
 
 def test_postgres_down_reports_failover_and_restores_a_member(hapg):
@@ -226,7 +227,7 @@ def test_postgres_down_reports_failover_and_restores_a_member(hapg):
     for res in (healthy, first, again):
         for value in secrets_:
             assert value not in res.output, "a secret appeared in the postgres_down output"
-    print(f"hapg timings: {json.dumps({k: round(v, 1) for k, v in hapg.timings.items()})}")
+    measured(f"hapg timings: {json.dumps({k: round(v, 1) for k, v in hapg.timings.items()})}")
 
 
 def test_backup_reads_the_standby_and_restore_writes_the_leader(hapg):
@@ -279,4 +280,4 @@ def test_backup_reads_the_standby_and_restore_writes_the_leader(hapg):
     for res in (backup, restore):
         for value in secrets_:
             assert value not in res.output, "a secret appeared in the backup/restore output"
-    print(f"hapg timings: {json.dumps({k: round(v, 1) for k, v in hapg.timings.items()})}")
+    measured(f"hapg timings: {json.dumps({k: round(v, 1) for k, v in hapg.timings.items()})}")

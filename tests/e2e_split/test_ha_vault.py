@@ -29,6 +29,7 @@ import time
 
 import pytest
 
+from testkit.measurements import measured
 from testkit.testbed_fixtures import SPLIT_VAULT_NODES
 from tests.e2e_split.test_split_incidents import assert_no_secret, readyz, run_twice, state, wait
 
@@ -140,7 +141,7 @@ def assert_cluster_healthy(split_stack) -> None:
 def test_vault_is_a_raft_cluster_of_three(split_stack):
     """Deploy: three voters, one leader, all unsealed; retry_join over TLS with the stack CA; the keys
     file never on a Vault host; the broker's secret readable on every member."""
-    print(f"split deploy with {len(MEMBERS)} Vault members: {split_stack.deploy_seconds:.0f}s")
+    measured(f"split deploy with {len(MEMBERS)} Vault members: {split_stack.deploy_seconds:.0f}s")
     assert_cluster_healthy(split_stack)
     root = keys(split_stack)["root_token"]
     for host in MEMBERS:
@@ -180,7 +181,7 @@ def _recover_only(split_stack, faulty: str, poller: Poller) -> None:
     broker_pids = {b: pid(split_stack, b, "broker") for b in ("broker1", "broker2")}
     t0 = time.monotonic()
     first, again = run_twice(split_stack, "playbooks/incidents/vault_sealed.yml")
-    print(f"vault_sealed on {faulty}: recovery + rerun {time.monotonic() - t0:.1f}s")
+    measured(f"vault_sealed on {faulty}: recovery + rerun {time.monotonic() - t0:.1f}s")
     out = " ".join(first.output.split())
     assert f"https://{faulty}:8200" in out
     assert "kept the broker running" in out, first.output[-3000:]
@@ -210,7 +211,7 @@ def test_one_member_killed_then_one_sealed_broker_stays_ready(split_stack):
         _recover_only(split_stack, "vault3", poller)
     finally:
         poller.stop()
-    print(f"HA Vault poller: {poller.samples} samples, failures: {poller.failures}")
+    measured(f"HA Vault poller: {poller.samples} samples, failures: {poller.failures}")
     assert poller.samples >= 20, poller.samples
     assert poller.failures == [], f"requests failed during the Vault faults: {poller.failures}"
     assert readyz(split_stack) == 200
@@ -230,7 +231,7 @@ def test_first_member_killed_broker_reads_through_its_balancer(split_stack):
         _recover_only(split_stack, "vault", poller)
     finally:
         poller.stop()
-    print(f"first member killed: poller {poller.samples} samples, failures: {poller.failures}")
+    measured(f"first member killed: poller {poller.samples} samples, failures: {poller.failures}")
     assert poller.samples >= 10, poller.samples
     assert poller.failures == [], f"requests failed while the first Vault member was down: {poller.failures}"
 
@@ -245,10 +246,10 @@ def test_lost_quorum_two_members_killed_restored(split_stack):
         kill_member(split_stack, host)
     # the survivor alone is no quorum: it loses its leadership (no active node anywhere)
     wait(lambda: not any(s["leader"] for s in peers(split_stack)), 60, "no raft leader left")
-    print(f"lost quorum: the broker's Vault read answers {vault_read(split_stack)}")
+    measured(f"lost quorum: the broker's Vault read answers {vault_read(split_stack)}")
     t0 = time.monotonic()
     first, again = run_twice(split_stack, "playbooks/incidents/vault_sealed.yml")
-    print(f"vault_sealed on a lost quorum: recovery + rerun {time.monotonic() - t0:.1f}s")
+    measured(f"vault_sealed on a lost quorum: recovery + rerun {time.monotonic() - t0:.1f}s")
     out = " ".join(first.output.split())
     assert "https://vault2:8200" in out and "https://vault3:8200" in out
     assert "restarted the broker" in out, first.output[-3000:]
@@ -275,14 +276,14 @@ def test_member_replaced_by_a_fresh_node_joins_and_is_unsealed(split_stack):
     try:
         t0 = time.monotonic()
         first = split_stack.run("playbooks/deploy.yml")
-        print(f"deploy with vault3 rebuilt: {time.monotonic() - t0:.1f}s")
+        measured(f"deploy with vault3 rebuilt: {time.monotonic() - t0:.1f}s")
         assert first.rc == 0, first.explain()
     finally:
         poller.stop()
     assert pid(split_stack, "vault3", "vault") != old_pid
     assert_cluster_healthy(split_stack)
     assert split_stack.bed.exec("vault3", ["test", "-s", f"{STACK_DIR}/vault/raft/vault.db"]).rc == 0
-    print(f"member replaced: poller {poller.samples} samples, failures: {poller.failures}")
+    measured(f"member replaced: poller {poller.samples} samples, failures: {poller.failures}")
     assert poller.failures == [], f"requests failed while vault3 was replaced: {poller.failures}"
     assert_no_secret(split_stack, first)
     # The changed=0 rerun is test_split_operations.py::test_second_deploy_changes_nothing, later in the
@@ -303,7 +304,7 @@ def test_snapshot_is_taken_from_the_leader(split_stack):
     leader = leader_host(split_stack)
     t0 = time.monotonic()
     res = split_stack.run("playbooks/backup.yml")
-    print(f"backup.yml on the raft of three: {time.monotonic() - t0:.1f}s (leader {leader})")
+    measured(f"backup.yml on the raft of three: {time.monotonic() - t0:.1f}s (leader {leader})")
     assert res.rc == 0, res.explain()
     snaps = [r for play in res.data.get("plays", []) for task in play.get("tasks", [])
              if (task.get("task", {}).get("name") or "").endswith("Vault raft snapshot (the broker signing key lives in Vault)")

@@ -27,6 +27,8 @@ import time
 
 import pytest
 
+from testkit.measurements import measured
+
 pytestmark = [pytest.mark.slow]
 
 STACK_DIR = "/srv/cullis"  # = conftest.STACK_DIR
@@ -59,7 +61,7 @@ def test_dr_drill_from_the_split_backup_into_a_patroni_site(patroni_site, docker
     assert "replaced by the source's (the restored Vault's keys)" in text, text
     assert "kept (dr_keep=true)" in text, text
     assert_no_secret(source.secret_values, res)
-    print(f"DR drill into the Patroni site (deploy from prepared hosts included): {site.drill_seconds:.0f}s")
+    measured(f"DR drill into the Patroni site (deploy from prepared hosts included): {site.drill_seconds:.0f}s")
 
     # the split stack's data, on the DR site's Patroni cluster: on the leader and replayed by the standby
     # (take_dr_source checked that the split stack no longer has the marker org)
@@ -94,7 +96,7 @@ def test_dr_drill_from_the_split_backup_into_a_patroni_site(patroni_site, docker
     assert again.rc == 0, again.output[-3000:]
     changed = {h: s["changed"] for h, s in again.stats.items() if s.get("changed")}
     assert changed == {}, f"deploy after the drill changed something on the DR site: {changed}"
-    print(f"deploy rerun on the kept DR site: {rerun_seconds:.0f}s")
+    measured(f"deploy rerun on the kept DR site: {rerun_seconds:.0f}s")
     assert controller_processes_using(STACK_DIR) == []
 
     down = site.run("playbooks/down.yml", extra_vars={"purge": True})
