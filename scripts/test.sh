@@ -63,9 +63,9 @@ run_split() {
 # (tests/e2e_split/conftest.py: DrSource, CULLIS_DR_HANDOFF); the split stage then skips these files.
 HAPG_FILES=(tests/e2e_split/test_ha_postgres.py tests/e2e_split/test_split_dr.py)
 # In `make test` the split stack has ONE Vault member unless CULLIS_SPLIT_VAULT_NODES says otherwise:
-# the raft of three (two more hosts in every split deploy, test_ha_vault.py) measured ~2900 instead
-# of ~1500 CPU-s for the split stage, and with it a CI run took 81 min on 2 cores, over the suite's
-# 60-minute rule and close to CI's 90-minute cap. `make split` runs it (the testkit default, 3).
+# with the raft of three (two more hosts in every split deploy, test_ha_vault.py) the split stage
+# measured ~2940 CPU-s (its last full run with one Vault: 2156, the compose tests then included), and
+# a CI run took 81 min on 2 cores, over the suite's 60-minute rule and close to CI's 90-minute cap. `make split` runs it (the testkit default, 3).
 run_split_giving() {
   CULLIS_SPLIT_VAULT_NODES=${CULLIS_SPLIT_VAULT_NODES:-1} CULLIS_DR_HANDOFF_ROLE=give \
     run_split "${HAPG_FILES[@]/#/--ignore=}"
