@@ -78,14 +78,12 @@ run_compose() {
 }
 
 # `all` runs the split, hapg and modules stages in the background, next to the others, and the
-# compose stage in the background once the modules stage has ended (measured: modules ends ~13
-# minutes before the others). The split stage with the Patroni tests in it was the longest lane
-# (one pytest session, one test after the other: 81 min of a CI run): its Patroni half is the hapg
-# stage, which deploys its site as soon as the split stage has deployed and backed up its stack. The split stage spends
-# most of its time building images (network, disk) and waiting on containers over SSH; the modules
-# stage and the e2e stage mostly wait on services starting and playbooks polling them. On this
-# 2-core machine those overlaps save about the length of the background stages.
-# Background stages print with a prefix (`[split] `, `[modules] `, `[compose] `);
+# compose stage in the background once the split stage has deployed its stack (compose_when_room).
+# The split stage with the Patroni tests in it was the longest lane (one pytest session, one test
+# after the other): its Patroni half is the hapg stage, which deploys its site as soon as the split
+# stage has deployed and backed up its stack. The machine is CPU-bound for nearly the whole run
+# (vmstat: 0-5 % idle), so the overlaps mainly keep the end of the run from being one lane alone.
+# Background stages print with a prefix (`[split] `, `[hapg] `, `[modules] `, `[compose] `);
 # CULLIS_TEST_SERIAL=1 runs every stage one after the other (for reading a failure in order).
 bg_pids=()
 bg_logs=()
@@ -99,11 +97,25 @@ background() {  # background NAME FUNCTION
 }
 running() { local x; for x in "${bg_pids[@]}"; do [ "${x%%:*}" = "$1" ] && return 0; done; return 1; }
 pid_of() { local x; for x in "${bg_pids[@]}"; do [ "${x%%:*}" = "$1" ] && echo "${x#*:}"; done; }
-after_modules() {  # the compose stage's function in `all`: starts when the modules stage has ended
-  local pid
-  pid=$(pid_of modules)
-  while [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; do sleep 5; done
-  echo "=== stage compose: modules stage ended, starting"
+compose_when_room() {
+  # The compose stage's function in `all`. Its engine must not start while tests/testbed (first in
+  # the split stage) starts and stops engines of its own: an engine that stops restores the host's
+  # iptables under a starting one. So it starts once the split stage has handed the DR drill its
+  # backup set (tests/testbed is over by then; ready.json or failed.txt), plus two minutes for the
+  # hapg stage's engine and network to come up first, or once the modules or split stage has ended.
+  # (It used to wait for the modules stage: in a rehearsal that was minute 55, and the compose
+  # tests then ran last, ~25 minutes, while the other stages had ended or were ending.)
+  local modules split waited=0
+  modules=$(pid_of modules)
+  split=$(pid_of split)
+  while kill -0 "$modules" 2>/dev/null && kill -0 "$split" 2>/dev/null; do
+    if [ -e "$CULLIS_DR_HANDOFF/ready.json" ] || [ -e "$CULLIS_DR_HANDOFF/failed.txt" ]; then
+      [ "$waited" -ge 120 ] && break
+      waited=$((waited + 5))
+    fi
+    sleep 5
+  done
+  echo "=== stage compose: starting (split stage handed over its backup set, or a stage ended)"
   run_compose
 }
 if [ "$what" = all ] && [ -z "${CULLIS_TEST_SERIAL:-}" ]; then
@@ -113,7 +125,7 @@ if [ "$what" = all ] && [ -z "${CULLIS_TEST_SERIAL:-}" ]; then
   background split run_split_giving
   background hapg run_hapg
   background modules run_modules
-  background compose after_modules
+  background compose compose_when_room
 fi
 
 case "$what" in
