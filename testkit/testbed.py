@@ -235,6 +235,18 @@ class Testbed:
             raise RuntimeError(f"{argv} on {name} failed with rc {rc}:\n{result.output}")
         return result
 
+    def read_file(self, name: str, path: str, attempts: int = 3) -> str:
+        """A file that must not be empty, read on host `name` (docker exec `cat`). Under full load
+        docker exec has returned rc 0 with NO output for a fast-exiting `cat` of a non-empty file (a
+        CI rehearsal: the split stack's .env read as b''); a read is idempotent, so an empty answer
+        is read again, and never returned."""
+        for attempt in range(attempts):
+            res = self.exec(name, ["cat", path])
+            if res.rc == 0 and res.output:
+                return res.output
+            time.sleep(1 + attempt)
+        raise AssertionError(f"{path} on {name}: empty or unreadable after {attempts} reads (rc {res.rc}: {res.output!r})")
+
     def kill(self, name: str, signal: str = "SIGKILL") -> None:
         """The host dies (power cut): every process of the container gets `signal`."""
         self.hosts[name].container.kill(signal=signal)

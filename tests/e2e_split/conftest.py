@@ -87,7 +87,10 @@ class SplitStack:
             keys["root_token"], *keys["unseal_keys_b64"]]
 
     def env_of(self, host: str) -> dict:
-        out = self.bed.exec(host, f"cat {STACK_DIR}/.env 2>/dev/null").output
+        path = f"{STACK_DIR}/.env"
+        if self.bed.exec(host, ["test", "-e", path]).rc != 0:
+            return {}  # a host with no secret of the stack's .env
+        out = self.bed.read_file(host, path)
         return dict(line.split("=", 1) for line in out.splitlines() if "=" in line and not line.startswith("#"))
 
 
@@ -172,7 +175,7 @@ class PatroniSite:
         return res.output.strip()
 
     def env(self) -> dict:
-        out = self.bed.exec("app", f"cat {STACK_DIR}/.env").output
+        out = self.bed.read_file("app", f"{STACK_DIR}/.env")
         return dict(line.split("=", 1) for line in out.splitlines() if "=" in line and not line.startswith("#"))
 
 

@@ -121,7 +121,7 @@ def test_patroni_cluster_deployed(hapg):
     env = hapg.env()
     assert "target_session_attrs=read-write" in env["DATABASE_URL"] and "host=pg1,pg2" in env["DATABASE_URL"]
     # only the postgres hosts get the cluster's passwords besides the broker host (source of truth)
-    assert "PATRONI_SUPERUSER_PASSWORD" in hapg.bed.exec("pg2", f"cat {STACK_DIR}/.env").output
+    assert "PATRONI_SUPERUSER_PASSWORD" in hapg.bed.read_file("pg2", f"{STACK_DIR}/.env")
     assert hapg.get("/readyz") == 200
     for value in (env["PATRONI_SUPERUSER_PASSWORD"], env["PATRONI_REPLICATION_PASSWORD"], env["POSTGRES_PASSWORD"]):
         assert value not in hapg.deploy_result.output

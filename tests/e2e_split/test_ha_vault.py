@@ -146,7 +146,7 @@ def test_vault_is_a_raft_cluster_of_three(split_stack):
     assert_cluster_healthy(split_stack)
     root = keys(split_stack)["root_token"]
     for host in MEMBERS:
-        conf = split_stack.sh(host, f"cat {STACK_DIR}/vault/bao.hcl")
+        conf = split_stack.bed.read_file(host, f"{STACK_DIR}/vault/bao.hcl")
         others = [m for m in MEMBERS if m != host]
         for other in others:
             assert f'leader_api_addr     = "https://{other}:8200"' in conf, (host, conf)
@@ -163,7 +163,7 @@ def test_vault_is_a_raft_cluster_of_three(split_stack):
     for broker in ("broker1", "broker2"):
         assert split_stack.env_of(broker)["VAULT_ADDR"] == BALANCER, broker
         assert state(split_stack, broker, "vault-balancer") == "RUNNING", broker
-        conf = split_stack.sh(broker, f"cat {STACK_DIR}/vault-balancer/haproxy.cfg")
+        conf = split_stack.bed.read_file(broker, f"{STACK_DIR}/vault-balancer/haproxy.cfg")
         for host in MEMBERS:
             assert f"server {host} {host}:8200 verifyhost {host}" in conf, (broker, conf)
         assert "option httpchk GET /v1/sys/health?standbyok=true" in conf

@@ -48,7 +48,7 @@ def test_each_host_runs_its_own_service(split_stack):
         assert set(lines) == HOST_PROGRAMS[host], f"{host} runs other than {HOST_PROGRAMS[host]}: {out}"
     out = split_stack.sh("broker2", f"supervisorctl -c {STACK_DIR}/supervisor/supervisord.conf status")
     assert "broker" in out and "RUNNING" in out, out
-    conf = split_stack.sh("proxy", f"cat {STACK_DIR}/nginx/nginx.conf")
+    conf = split_stack.bed.read_file("proxy", f"{STACK_DIR}/nginx/nginx.conf")
     port = split_stack.ports["cullis_broker_port"]
     # every broker is an upstream, with passive health (a dead one is skipped without a failed request)
     for broker in ("broker1", "broker2"):

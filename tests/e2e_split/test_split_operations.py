@@ -103,7 +103,7 @@ def test_backup_runs_on_the_owning_hosts_and_the_set_lands_on_the_controller(spl
     pg_manifest = json.loads((set_dir / (manifest["postgres"] + ".json")).read_text())
     assert pg_manifest["verification"]["status"] == "ok"  # a scratch restore on the db host
     assert "public.organizations" in pg_manifest["row_counts"]
-    env_plain = split_stack.sh("broker1", f"cat {STACK_DIR}/.env").encode()
+    env_plain = split_stack.bed.read_file("broker1", f"{STACK_DIR}/.env").encode()
     assert env_plain not in (set_dir / "env.enc").read_bytes()
     key = (split_stack.controller_dir / "backup.key").read_text().strip()
     assert (split_stack.controller_dir / "backup.key").stat().st_mode & 0o777 == 0o600
