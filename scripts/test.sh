@@ -51,16 +51,7 @@ run_modules() {
   done
   pytest -p no:cacheprovider --durations=30 broker_src/tests "${dirs[@]}" "${E2E_OWN_STACK[@]}"
 }
-run_e2e() { pytest -p no:cacheprovider --durations=30 tests/e2e "${E2E_OWN_STACK[@]/#/--ignore=}" "$@"; }
-# In `all`, tests/e2e is two lanes, each on a session stack of its own (the price: one more deploy,
-# ~1-2 CPU-minutes): `e2e` in the foreground after the static stages, `e2e2` (these files) in the
-# background from the start. As one lane it was the run's tail in a rehearsal: 52 minutes, the last
-# ~8 of them alone on the machine with one core idle. The files split the lane's measured wall time
-# roughly in half; none depends on another file's state (each test leaves its stack healthy).
-E2E_SECOND_LANE=(tests/e2e/test_molecule.py tests/e2e/test_backup_restore.py tests/e2e/test_monitoring.py
-                 tests/e2e/test_upgrade.py)
-run_e2e_first_lane() { run_e2e "${E2E_SECOND_LANE[@]/#/--ignore=}"; }
-run_e2e_second_lane() { pytest -p no:cacheprovider --durations=30 "${E2E_SECOND_LANE[@]}"; }
+run_e2e() { pytest -p no:cacheprovider --durations=30 tests/e2e "${E2E_OWN_STACK[@]/#/--ignore=}"; }
 run_split() {
   # The multi-host test bed (Docker engine, bare Debian hosts over SSH) and the split-topology
   # end-to-end tests on it (issue 11), with the HA tests (issue 18: the raft of three on the split
@@ -92,7 +83,7 @@ run_compose() {
 # after the other): its Patroni half is the hapg stage, which deploys its site as soon as the split
 # stage has deployed and backed up its stack. The machine is CPU-bound for nearly the whole run
 # (vmstat: 0-5 % idle), so the overlaps mainly keep the end of the run from being one lane alone.
-# Background stages print with a prefix (`[split] `, `[hapg] `, `[modules] `, `[e2e2] `, `[compose] `);
+# Background stages print with a prefix (`[split] `, `[hapg] `, `[modules] `, `[compose] `);
 # CULLIS_TEST_SERIAL=1 runs every stage one after the other (for reading a failure in order).
 bg_pids=()
 bg_logs=()
@@ -134,7 +125,6 @@ if [ "$what" = all ] && [ -z "${CULLIS_TEST_SERIAL:-}" ]; then
   background split run_split_giving
   background hapg run_hapg
   background modules run_modules
-  background e2e2 run_e2e_second_lane
   background compose compose_when_room
 fi
 
@@ -144,8 +134,7 @@ case "$what" in
   all|units) stage units run_units ;;&
   all|release) stage release run_release ;;&
   all|pytest|modules) running modules || stage modules run_modules ;;&
-  all) if running e2e2; then stage e2e run_e2e_first_lane; else stage e2e run_e2e; fi ;;&
-  pytest|e2e) stage e2e run_e2e ;;&
+  all|pytest|e2e) stage e2e run_e2e ;;&
   all|split) running split || stage split run_split ;;&
   all|compose) running compose || stage compose run_compose ;;
 esac
