@@ -244,7 +244,8 @@ class Testbed:
             res = self.exec(name, ["cat", path])
             if res.rc == 0 and res.output:
                 return res.output
-            time.sleep(1 + attempt)
+            if attempt + 1 < attempts:
+                time.sleep(1 + attempt)
         raise AssertionError(f"{path} on {name}: empty or unreadable after {attempts} reads (rc {res.rc}: {res.output!r})")
 
     def kill(self, name: str, signal: str = "SIGKILL") -> None:
