@@ -201,6 +201,16 @@ def test_postgres_down_reports_failover_and_restores_a_member(hapg):
                                  "PATRONI_REPLICATION_PASSWORD")]
     leader = hapg.leader()
     assert leader in MEMBERS
+    # triage on the healthy cluster names no incident: PostgreSQL's program is `patroni` here (it once
+    # looked for a `postgres` program and named postgres_down on every Patroni cluster)
+    reports = hapg.site.controller_dir / "reports"
+    before = set(reports.glob("triage-*.json")) if reports.exists() else set()
+    triage = hapg.run("playbooks/triage.yml")
+    new = sorted(set(reports.glob("triage-*.json")) - before)
+    assert triage.rc == 0 and new, triage.output[-3000:]
+    report = json.loads(new[-1].read_text())
+    assert report["before"]["incidents"] == [], report["before"]["incidents"]
+    assert report["before"]["snapshot"]["services_by_host"][leader]["patroni"]["running"] is True
     healthy = hapg.run("playbooks/incidents/postgres_down.yml")
     assert healthy.rc == 0 and healthy.changed == 0, (healthy.stats, healthy.output[-3000:])
     if "first_failover" in hapg.timings:  # the failover test ran before: the report names it
