@@ -1,7 +1,7 @@
 """The split topology: one Cullis stack deployed onto six BARE Debian hosts of the test bed.
 
 `split_stack` (session scope) takes `split_testbed` (testkit/testbed_fixtures.py: postgres, redis,
-vault, broker1, broker2, proxy, and vault2, vault3 in cullis_vault with CULLIS_SPLIT_VAULT_NODES=3;
+vault, broker1, broker2, proxy; with CULLIS_SPLIT_VAULT_NODES=3 postgres and redis also in cullis_vault;
 sshd on 127.0.0.1 ports, nothing of the stack installed), records
 what the hosts had before, writes an inventory built like inventories/example-split (its
 group_vars, with the test bed's addresses and a controller dir in a temp dir) and runs

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from testkit.testbed_fixtures import SPLIT_VAULT_NODES
+from testkit.testbed_fixtures import SPLIT_VAULT_MEMBERS, SPLIT_VAULT_NODES
 
 pytestmark = [pytest.mark.slow]
 
@@ -20,6 +20,9 @@ SERVICE_HOSTS = {"postgres": "postgres", "redis": "redis", "vault": "vault", "br
 HOST_PROGRAMS = {host: {service} for service, host in SERVICE_HOSTS.items()}
 if SPLIT_VAULT_NODES > 1:
     HOST_PROGRAMS["broker1"] = {"broker", "vault-balancer"}
+# The raft's other members share the database and cache hosts (testkit/testbed_fixtures.py).
+for _host in SPLIT_VAULT_MEMBERS[1:]:
+    HOST_PROGRAMS[_host] = HOST_PROGRAMS[_host] | {"vault"}
 
 
 def test_deploy_installs_the_stack_onto_bare_hosts(split_stack):
@@ -62,8 +65,10 @@ def test_secrets_stay_where_they_belong(split_stack):
         assert full.get(key), key
     assert full["DATABASE_URL"].endswith(f"@postgres:{split_stack.ports['cullis_postgres_port']}/agent_trust")
     assert split_stack.env_of("broker2") == full
-    assert set(split_stack.env_of("postgres")) == {"POSTGRES_PASSWORD"}
-    assert set(split_stack.env_of("redis")) == {"REDIS_PASSWORD"}
+    # a Vault member's host also gets the Vault's address (cullis_env_keys_by_group), nothing more
+    member = {"VAULT_ADDR"}
+    assert set(split_stack.env_of("postgres")) == {"POSTGRES_PASSWORD"} | (member if "postgres" in SPLIT_VAULT_MEMBERS else set())
+    assert set(split_stack.env_of("redis")) == {"REDIS_PASSWORD"} | (member if "redis" in SPLIT_VAULT_MEMBERS else set())
     assert "ADMIN_SECRET" not in split_stack.env_of("vault") and "ADMIN_SECRET" not in split_stack.env_of("proxy")
     # the unseal keys: on the controller (0600), on no stack host
     keys_file = split_stack.controller_dir / "vault-keys.json"
@@ -75,7 +80,9 @@ def test_secrets_stay_where_they_belong(split_stack):
     # the CA key stays on the proxy host that issued the certificates
     for host in ("postgres", "redis", "vault", "broker1", "broker2"):
         assert split_stack.bed.exec(host, ["test", "-e", f"{STACK_DIR}/tls/ca-key.pem"]).rc != 0, host
-    assert split_stack.bed.exec("vault", ["test", "-s", f"{STACK_DIR}/tls/vault-key.pem"]).rc == 0
+    for member in SPLIT_VAULT_MEMBERS:
+        assert split_stack.bed.exec(member, ["test", "-s", f"{STACK_DIR}/tls/vault-key.pem"]).rc == 0, member
+    assert split_stack.bed.exec("broker1", ["test", "-e", f"{STACK_DIR}/tls/vault-key.pem"]).rc != 0
 
 
 def test_smoke_passes_from_the_controller(split_stack):
