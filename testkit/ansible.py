@@ -38,6 +38,9 @@ def ansible_env(extra: dict | None = None, callback: str = "json") -> dict:
         "ANSIBLE_LOCALHOST_WARNING": "0",
         "ANSIBLE_INVENTORY_UNPARSED_WARNING": "0",
     })
+    if os.environ.get("CULLIS_PROFILE_MODULE_RUNS"):  # module runs per task (testkit/module_runs.py)
+        env["ANSIBLE_CALLBACK_PLUGINS"] = str(Path(__file__).parent / "callback_plugins")
+        env["ANSIBLE_CALLBACKS_ENABLED"] = ",".join(filter(None, [env.get("ANSIBLE_CALLBACKS_ENABLED"), "module_runs"]))
     if extra:
         env.update(extra)
     return env
