@@ -48,8 +48,7 @@ from ansible.plugins.lookup import LookupBase
 def _flatten(terms):
     for term in terms:
         if isinstance(term, (list, tuple)):
-            for t in _flatten(term):
-                yield t
+            yield from _flatten(term)
         else:
             yield term
 
