@@ -25,8 +25,11 @@ Fault injection goes through the containers (docker exec); every test leaves the
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 
 import pytest
@@ -119,10 +122,22 @@ def vault_read(split_stack, host: str = "broker1") -> int:
     return int(out) if out.isdigit() else 0
 
 
+def readyz_answer(split_stack) -> tuple[int, str]:
+    """/readyz through the proxy: (status, the start of the body when it is not 200) (0: no answer)."""
+    ctx = ssl.create_default_context(cafile=str(split_stack.controller_dir / "ca.pem"))
+    try:
+        with urllib.request.urlopen(f"{split_stack.public_url}/readyz", context=ctx, timeout=10) as resp:
+            return resp.status, ""
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(400).decode(errors="replace")
+    except (urllib.error.URLError, OSError) as e:
+        return 0, str(e)[:200]
+
+
 class Poller(threading.Thread):
     """Until stopped: /readyz through the proxy every `interval` s (from the controller), and the
     broker's Vault read every `interval` s on broker1 (VAULT_READ_LOOP, its output streamed back).
-    `failures`: (seconds, what, status) of every non-200 answer."""
+    `failures`: (seconds, what, status[, the answer]) of every non-200 answer."""
 
     LIMIT = 1800  # the loop on broker1 stops by itself after this long
 
@@ -157,10 +172,10 @@ class Poller(threading.Thread):
         self._reader.start()
         t0 = time.monotonic()
         while not self._halt.is_set():
-            code = readyz(self.split_stack)
+            code, detail = readyz_answer(self.split_stack)
             self.readyz_samples += 1
-            if code != 200:
-                self.failures.append((round(time.monotonic() - t0, 1), "readyz", code))
+            if code != 200:  # with what the broker said (which component was not ready)
+                self.failures.append((round(time.monotonic() - t0, 1), "readyz", code, detail))
             self._halt.wait(self.interval)
 
     def stop(self) -> "Poller":
