@@ -55,7 +55,8 @@ class CallbackModule(CallbackBase):
             self._count(result)
 
     v2_runner_on_ok = v2_runner_on_failed = v2_runner_on_unreachable = _on_result
-    v2_runner_item_on_ok = v2_runner_item_on_failed = _count
+    # every attempt of an `until` loop but the last is a module run too (the last is the result)
+    v2_runner_item_on_ok = v2_runner_item_on_failed = v2_runner_retry = _count
 
     def v2_playbook_on_stats(self, stats):
         if self.path:
