@@ -35,6 +35,7 @@ import pytest
 
 from testkit.measurements import measured
 from tests.e2e_split.conftest import PATRONI_TOPOLOGY
+from tests.e2e_split.test_split_incidents import triage
 
 pytestmark = [pytest.mark.slow]
 
@@ -203,12 +204,8 @@ def test_postgres_down_reports_failover_and_restores_a_member(hapg):
     assert leader in MEMBERS
     # triage on the healthy cluster names no incident: PostgreSQL's program is `patroni` here (it once
     # looked for a `postgres` program and named postgres_down on every Patroni cluster)
-    reports = hapg.site.controller_dir / "reports"
-    before = set(reports.glob("triage-*.json")) if reports.exists() else set()
-    triage = hapg.run("playbooks/triage.yml")
-    new = sorted(set(reports.glob("triage-*.json")) - before)
-    assert triage.rc == 0 and new, triage.output[-3000:]
-    report = json.loads(new[-1].read_text())
+    res, report = triage(hapg.site)
+    assert res.rc == 0, res.output[-3000:]
     assert report["before"]["incidents"] == [], report["before"]["incidents"]
     assert report["before"]["snapshot"]["services_by_host"][leader]["patroni"]["running"] is True
     healthy = hapg.run("playbooks/incidents/postgres_down.yml")

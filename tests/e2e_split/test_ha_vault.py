@@ -25,18 +25,15 @@ Fault injection goes through the containers (docker exec); every test leaves the
 from __future__ import annotations
 
 import json
-import ssl
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 
 import pytest
 
 from testkit.measurements import measured
 from testkit.testbed_fixtures import SPLIT_VAULT_MEMBERS, SPLIT_VAULT_NODES
-from tests.e2e_split.test_split_incidents import assert_no_secret, readyz, run_twice, state, wait
+from tests.e2e_split.test_split_incidents import assert_no_secret, readyz, readyz_answer, run_twice, state, wait
 
 pytestmark = [
     pytest.mark.slow,
@@ -120,18 +117,6 @@ def vault_read(split_stack, host: str = "broker1") -> int:
     """The broker's Vault read from `host` through its VAULT_ADDR; HTTP status or 0."""
     out = split_stack.bed.exec(host, ["python3", "-c", VAULT_READ_ONCE]).output.strip()
     return int(out) if out.isdigit() else 0
-
-
-def readyz_answer(split_stack) -> tuple[int, str]:
-    """/readyz through the proxy: (status, the start of the body when it is not 200) (0: no answer)."""
-    ctx = ssl.create_default_context(cafile=str(split_stack.controller_dir / "ca.pem"))
-    try:
-        with urllib.request.urlopen(f"{split_stack.public_url}/readyz", context=ctx, timeout=10) as resp:
-            return resp.status, ""
-    except urllib.error.HTTPError as e:
-        return e.code, e.read(400).decode(errors="replace")
-    except (urllib.error.URLError, OSError) as e:
-        return 0, str(e)[:200]
 
 
 class Poller(threading.Thread):

@@ -29,15 +29,20 @@ def state(split_stack, host: str, service: str) -> str:
     return out.split()[1] if len(out.split()) > 1 else out
 
 
-def readyz(split_stack, ca=None) -> int:
+def readyz_answer(split_stack, ca=None) -> tuple[int, str]:
+    """/readyz through the proxy: (status, the start of the body when it is not 200) (0: no answer)."""
     ctx = ssl.create_default_context(cafile=str(ca or split_stack.controller_dir / "ca.pem"))
     try:
         with urllib.request.urlopen(f"{split_stack.public_url}/readyz", context=ctx, timeout=10) as resp:
-            return resp.status
+            return resp.status, ""
     except urllib.error.HTTPError as e:
-        return e.code
-    except urllib.error.URLError:  # refused, or a certificate that does not verify (expired)
-        return 0
+        return e.code, e.read(400).decode(errors="replace")
+    except (urllib.error.URLError, OSError) as e:  # refused, or a certificate that does not verify (expired)
+        return 0, str(e)[:200]
+
+
+def readyz(split_stack, ca=None) -> int:
+    return readyz_answer(split_stack, ca)[0]
 
 
 def wait(cond, timeout: float, what: str) -> None:
