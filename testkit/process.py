@@ -17,8 +17,36 @@ from typing import Callable, Sequence
 import port_for
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    return port_for.select_random()
+    """A port free now, from port_for's good ports (below the kernel's ephemeral range), and never
+    one this process handed out before: two picks made before either service binds could otherwise
+    give the same port (an OpenBao node's API and cluster ports)."""
+    while True:
+        port = port_for.select_random()
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+
+
+class PortClash(RuntimeError):
+    """A service exited because its port was taken between the pick and its bind: the stages of
+    `make test` run side by side, each picking free ports."""
+
+
+def start_on_free_ports(start_once: Callable[[], None], repick: Callable[[], None] | None,
+                        attempts: int = 3) -> None:
+    """`start_once()`; when the service lost its port to another process (PortClash) and its ports
+    were picked here (`repick` given), pick new ones and start again."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return start_once()
+        except PortClash:
+            if repick is None or attempt == attempts:
+                raise
+            repick()
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
@@ -31,7 +59,8 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str, proc: "Manage
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and not proc.running:
-            raise RuntimeError(f"{what}: process exited with {proc.popen.returncode}\n{proc.log_tail()}")
+            error = PortClash if proc.lost_its_port() else RuntimeError
+            raise error(f"{what}: process exited with {proc.popen.returncode}\n{proc.log_tail()}")
         try:
             if check():
                 return
@@ -52,10 +81,12 @@ class ManagedProcess:
         self.user = user
         self.stop_grace = stop_grace
         self.popen: subprocess.Popen | None = None
+        self._log_start = 0
 
     def start(self) -> "ManagedProcess":
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
+        self._log_start = log.tell()  # what this start logged begins here (the log is appended to)
         self.popen = subprocess.Popen(
             self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=self.env, cwd=self.cwd, user=self.user, start_new_session=True,
@@ -96,6 +127,16 @@ class ManagedProcess:
 
     def kill(self) -> None:
         self.stop(grace=0)
+
+    def lost_its_port(self) -> bool:
+        """This start's log says its listen address was in use (OpenBao, Redis, PostgreSQL and
+        uvicorn all say "address already in use", in any case)."""
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(self._log_start)
+                return b"address already in use" in log.read().lower()
+        except FileNotFoundError:
+            return False
 
     def log_tail(self, lines: int = 40) -> str:
         try:

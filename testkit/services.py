@@ -10,14 +10,18 @@ import os
 import pwd
 import secrets
 import shutil
+import socket
+import ssl
 import subprocess
 import signal
 import sys
 import tempfile
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from testkit.pki import CA
-from testkit.process import ManagedProcess, free_port, port_open, wait_for
+from testkit.process import ManagedProcess, free_port, start_on_free_ports, wait_for
 
 PG_BIN = Path(os.environ.get("CULLIS_PG_BIN", "/usr/lib/postgresql/15/bin"))
 
@@ -50,6 +54,7 @@ class PostgresServer:
         self.datadir = self.base / "data"
         self.sockdir = self.base / "sock"
         self.port = port or free_port()
+        self._port_picked = port is None  # picked here: picked again if taken before the first bind
         self.password = secrets.token_urlsafe(18).replace("-", "x").replace("_", "y")
         self.proc: ManagedProcess | None = None
         self._os_user = "postgres" if os.geteuid() == 0 else None
@@ -75,17 +80,25 @@ class PostgresServer:
         else:
             first = False
         log = self.base / "postgres.log"
-        self.proc = ManagedProcess(
-            [PG_BIN / "postgres", "-D", self.datadir, "-p", self.port, "-k", self.sockdir,
-             "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=200"],
-            log, user=self._os_user, stop_grace=15).start()
-        # SIGTERM = smart shutdown: waits for clients; use SIGINT (fast) via stop_fast().
-        wait_for(lambda: subprocess.run([PG_BIN / "pg_isready", "-h", "127.0.0.1", "-p", str(self.port)],
-                                        capture_output=True).returncode == 0, 30, "postgres", self.proc)
+
+        def start_once():
+            self.proc = ManagedProcess(
+                [PG_BIN / "postgres", "-D", self.datadir, "-p", self.port, "-k", self.sockdir,
+                 "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=200"],
+                log, user=self._os_user, stop_grace=15).start()
+            # SIGTERM = smart shutdown: waits for clients; use SIGINT (fast) via stop_fast().
+            wait_for(lambda: subprocess.run([PG_BIN / "pg_isready", "-h", "127.0.0.1", "-p", str(self.port)],
+                                            capture_output=True).returncode == 0, 30, "postgres", self.proc)
+
+        start_on_free_ports(start_once, self._repick if self._port_picked else None)
+        self._port_picked = False  # clients know the port now: a restart keeps it
         if first:
             self.psql(f"CREATE ROLE {self.user} LOGIN PASSWORD '{self.password}' CREATEDB")
             self.psql(f"CREATE DATABASE {self.database} OWNER {self.user}")
         return self
+
+    def _repick(self):
+        self.port = free_port()
 
     def psql(self, sql: str, db: str = "postgres") -> str:
         out = subprocess.run([PG_BIN / "psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
@@ -118,18 +131,38 @@ class RedisServer:
     def __init__(self, base: Path | None = None, port: int | None = None, password: str | None = None):
         self.base = base or make_tempdir("cullis-redis-")
         self.port = port or free_port()
+        self._port_picked = port is None  # picked here: picked again if taken before the first bind
         self.password = password if password is not None else secrets.token_hex(16)
         self.proc: ManagedProcess | None = None
 
     def start(self) -> "RedisServer":
-        argv = [shutil.which("redis-server") or "/usr/bin/redis-server", "--bind", "127.0.0.1",
-                "--port", self.port, "--dir", self.base, "--save", "", "--appendonly", "no",
-                "--protected-mode", "yes"]
-        if self.password:
-            argv += ["--requirepass", self.password]
-        self.proc = ManagedProcess(argv, self.base / "redis.log", stop_grace=10).start()
-        wait_for(lambda: port_open(self.port), 20, "redis", self.proc)
+        def start_once():
+            argv = [shutil.which("redis-server") or "/usr/bin/redis-server", "--bind", "127.0.0.1",
+                    "--port", self.port, "--dir", self.base, "--save", "", "--appendonly", "no",
+                    "--protected-mode", "yes"]
+            if self.password:
+                argv += ["--requirepass", self.password]
+            self.proc = ManagedProcess(argv, self.base / "redis.log", stop_grace=10).start()
+            wait_for(self._answers, 20, "redis", self.proc)
+
+        start_on_free_ports(start_once, self._repick if self._port_picked else None)
+        self._port_picked = False  # clients know the port now: a restart keeps it
         return self
+
+    def _repick(self):
+        self.port = free_port()
+
+    def _answers(self) -> bool:
+        """PONG to a PING (after AUTH): this server answers, not whatever else holds the port."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
+            conn.sendall((f"AUTH {self.password}\r\n" if self.password else "").encode() + b"PING\r\n")
+            answer = b""
+            while b"PONG" not in answer and b"-" not in answer:
+                chunk = conn.recv(256)
+                if not chunk:
+                    break
+                answer += chunk
+            return b"+PONG" in answer
 
     @property
     def url(self) -> str:
@@ -167,6 +200,7 @@ class OpenBaoServer:
                  node_id: str = "node1", retry_join: list[str] | None = None):
         self.base = base or make_tempdir("cullis-bao-")
         self.port = port or free_port()
+        self._port_picked = port is None  # picked here: picked again if taken before the first bind
         self.cluster_port = free_port()
         self.node_id = node_id
         self.ca = ca or CA.create("Cullis Test Vault CA")
@@ -215,11 +249,30 @@ listener "tcp" {{
         return path
 
     def start(self) -> "OpenBaoServer":
-        config = self.write_config()
-        self.proc = ManagedProcess([_which("bao"), "server", f"-config={config}"],
-                                   self.base / "bao.log", stop_grace=15).start()
-        wait_for(lambda: port_open(self.port), 60, "openbao", self.proc)
+        def start_once():
+            config = self.write_config()
+            self.proc = ManagedProcess([_which("bao"), "server", f"-config={config}"],
+                                       self.base / "bao.log", stop_grace=15).start()
+            wait_for(self._answers, 60, "openbao", self.proc)
+
+        start_on_free_ports(start_once, self._repick if self._port_picked else None)
+        self._port_picked = False  # clients know the port now: a restart keeps it
         return self
+
+    def _repick(self):
+        """New API and cluster ports, before this node was ever started with the old ones (a
+        restarted node keeps its addresses: its raft peers know them)."""
+        self.port, self.cluster_port = free_port(), free_port()
+
+    def _answers(self) -> bool:
+        """/v1/sys/health answered over TLS with this node's certificate (any status: 501 not
+        initialised, 503 sealed): this node, not whatever else holds the port."""
+        ctx = ssl.create_default_context(cafile=str(self.ca_path))
+        try:
+            with urllib.request.urlopen(f"{self.addr}/v1/sys/health", context=ctx, timeout=2):
+                return True
+        except urllib.error.HTTPError:
+            return True
 
     def env(self, token: str | None = None) -> dict:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
