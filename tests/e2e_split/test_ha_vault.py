@@ -91,24 +91,29 @@ import ssl, sys, time, os, urllib.request, urllib.error
 env = dict(l.split("=", 1) for l in open("{STACK_DIR}/.env").read().splitlines() if "=" in l and not l.startswith("#"))
 req = urllib.request.Request(env["VAULT_ADDR"].rstrip("/") + "/v1/secret/data/broker", headers={{"X-Vault-Token": env["VAULT_TOKEN"]}})
 ctx = ssl.create_default_context(cafile="{STACK_DIR}/tls/ca.pem")
-def read():
+def read_why():
     try:
-        return urllib.request.urlopen(req, context=ctx, timeout=10).status
+        return urllib.request.urlopen(req, context=ctx, timeout=10).status, ""
     except urllib.error.HTTPError as e:
-        return e.code
-    except Exception:
-        return 0
+        return e.code, e.read(200).decode(errors="replace")
+    except Exception as e:  # no answer: what the client saw (refused, reset, timed out, TLS)
+        return 0, (type(e).__name__ + ": " + str(e))[:200]
+def read():
+    return read_why()[0]
 """
 # One read, printed.
 VAULT_READ_ONCE = VAULT_READ + "print(read())\n"
 # Reads every argv[2] seconds until the file argv[1] exists (or argv[3] seconds passed: it stops by
-# itself), one line "<seconds since start> <status>" each: ONE process on the host for a whole
+# itself), one line "<seconds since start> <status> after <seconds the read took>[: why]" each: ONE process on the host for a whole
 # fault, instead of a docker exec and a Python start per sample.
 VAULT_READ_LOOP = VAULT_READ + """
 stop, interval, limit = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
 t0 = time.monotonic()
 while not os.path.exists(stop) and time.monotonic() - t0 < limit:
-    print(round(time.monotonic() - t0, 1), read(), flush=True)
+    at = time.monotonic() - t0
+    code, why = read_why()
+    took = time.monotonic() - t0 - at
+    print(round(at, 1), code, f"after {took:.1f}s" + (": " + " ".join(why.split()) if why else ""), flush=True)
     time.sleep(interval)
 """
 
@@ -148,10 +153,10 @@ class Poller(threading.Thread):
             pending += chunk
             *lines, pending = pending.split(b"\n")
             for line in lines:
-                at, _, code = line.decode(errors="replace").partition(" ")
+                at, code, detail = (line.decode(errors="replace").split(" ", 2) + ["", ""])[:3]
                 self.vault_samples += 1
-                if code.strip() != "200":
-                    self.failures.append((float(at or 0), "vault", int(code) if code.strip().isdigit() else 0))
+                if code != "200":
+                    self.failures.append((float(at or 0), "vault", int(code) if code.isdigit() else 0, detail))
 
     def run(self):
         self._reader.start()
@@ -171,6 +176,16 @@ class Poller(threading.Thread):
         self.split_stack.bed.exec("broker1", ["rm", "-f", self._stop_file])
         assert not self._reader.is_alive(), "the Vault read loop on broker1 did not stop"
         return self
+
+
+def failure_context(split_stack) -> str:
+    """For a poller failure's message: broker1's balancer log (which member was marked up or down,
+    when) and the end of each member's Vault log, so that a failure under load explains itself."""
+    parts = []
+    for host, log, lines in [("broker1", "vault-balancer", 40)] + [(m, "vault", 25) for m in MEMBERS]:
+        tail = split_stack.sh(host, f"date -u +%T; tail -n {lines} {STACK_DIR}/logs/{log}.log 2>&1")
+        parts.append(f"--- {host}: {log}.log (the host's time first)\n{tail}")
+    return "\n".join(parts)
 
 
 def assert_cluster_healthy(split_stack) -> None:
@@ -273,7 +288,8 @@ def test_one_member_killed_then_one_sealed_broker_stays_ready(split_stack):
         poller.stop()
     measured(f"HA Vault poller: {poller.samples} samples, failures: {poller.failures}")
     assert poller.samples >= 20, poller.samples
-    assert poller.failures == [], f"requests failed during the Vault faults: {poller.failures}"
+    assert poller.failures == [], (
+        f"requests failed during the Vault faults: {poller.failures}\n{failure_context(split_stack)}")
     assert readyz(split_stack) == 200
 
 
@@ -293,7 +309,8 @@ def test_first_member_killed_broker_reads_through_its_balancer(split_stack):
         poller.stop()
     measured(f"first member killed: poller {poller.samples} samples, failures: {poller.failures}")
     assert poller.samples >= 10, poller.samples
-    assert poller.failures == [], f"requests failed while the first Vault member was down: {poller.failures}"
+    assert poller.failures == [], (
+        f"requests failed while the first Vault member was down: {poller.failures}\n{failure_context(split_stack)}")
 
 
 def test_lost_quorum_two_members_killed_restored(split_stack):
@@ -346,7 +363,8 @@ def test_member_replaced_by_a_fresh_node_joins_and_is_unsealed(split_stack):
     assert_cluster_healthy(split_stack)
     assert split_stack.bed.exec(THIRD, ["test", "-s", f"{STACK_DIR}/vault/raft/vault.db"]).rc == 0
     measured(f"member replaced: poller {poller.samples} samples, failures: {poller.failures}")
-    assert poller.failures == [], f"requests failed while {THIRD}'s member was replaced: {poller.failures}"
+    assert poller.failures == [], (
+        f"requests failed while {THIRD}'s member was replaced: {poller.failures}\n{failure_context(split_stack)}")
     assert_no_secret(split_stack, first)
     # The changed=0 rerun is test_split_operations.py::test_second_deploy_changes_nothing, later in the
     # session: a deploy of the split hosts takes minutes here, too long to run twice in a row.
