@@ -161,7 +161,7 @@ class Poller(threading.Thread):
         self.split_stack, self.interval = split_stack, interval
         self.readyz_samples = self.vault_samples = 0
         self.failures: list[Failure] = []
-        self.kills: list[tuple[float, float]] = []  # each `kill -9`: (epoch, epoch + 0.5)
+        self.kills: list[tuple[float, float]] = []  # each `kill -9`: (epoch, epoch + 0.25)
         self.t0 = time.time()
         self._halt = threading.Event()  # not _stop: Thread.join() calls its own _stop()
         self._stop_file = f"/tmp/cullis-vault-read-poller-{uuid.uuid4().hex[:8]}"
@@ -173,10 +173,11 @@ class Poller(threading.Thread):
 
     def kill(self, host: str) -> None:
         """`kill -9` of the member's process, the instant taken on the host right before it (a
-        docker exec can take seconds under load); the window allows half a second for the signal
-        and the process's exit, which closes its connections."""
+        docker exec can take seconds under load; `kill` is the shell's builtin, run right after
+        `date`); the window allows a quarter second for the signal and the process's exit, which
+        closes its connections. A request that starts later and fails is not excused."""
         killed_at = float(self.split_stack.sh(host, f"date +%s.%N; kill -9 {pid(self.split_stack, host, 'vault')}"))
-        self.kills.append((killed_at, killed_at + 0.5))
+        self.kills.append((killed_at, killed_at + 0.25))
         wait(lambda: state(self.split_stack, host, "vault") != "RUNNING", 30, f"{host}'s vault process down")
 
     def _in_flight_at_a_kill(self, failure: Failure) -> bool:
