@@ -20,9 +20,11 @@ label and temp dirs, and `teardown()` removes them.
 """
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import socket
+import tarfile
 import tempfile
 import time
 import uuid
@@ -225,15 +227,45 @@ class Testbed:
         return path
 
     # -- fault injection and host control
+    # Under full load `docker exec` has answered rc 0 with NO output for a fast-exiting command (CI
+    # rehearsals: a `cat` of the split stack's .env read as b'', a `stat -c %a` as ''). So each command
+    # runs ONCE with its output kept in a file on the host (0600) and then printed with an end mark:
+    # an answer without the mark lost its output on the way, which is then read from the file through
+    # the archive API (no exec). The wrapper drops its files older than a minute.
+    EXEC_END = "\n@@cullis-testbed-exec-end@@"
+    EXEC_WRAPPER = (
+        'out="$1"; shift; find /tmp -maxdepth 1 -name ".cullis-exec-*" -mmin +1 -delete 2>/dev/null; '
+        'umask 077; "$@" > "$out" 2>&1; rc=$?; cat "$out"; printf "%s" "$CULLIS_EXEC_END"; exit $rc')
+
     def exec(self, name: str, argv: list[str] | str, *, user: str | None = None, check: bool = False,
              environment: dict | None = None) -> ExecResult:
         """`docker exec` on a host (not through Ansible): for fault injection and evidence."""
         argv = ["/bin/sh", "-c", argv] if isinstance(argv, str) else list(argv)
-        rc, out = self.hosts[name].container.exec_run(argv, user=user or "", environment=environment)
-        result = ExecResult(rc, out.decode(errors="replace"))
+        container = self.hosts[name].container
+        out_file = f"/tmp/.cullis-exec-{uuid.uuid4().hex}"
+        rc, out = container.exec_run(["/bin/sh", "-c", self.EXEC_WRAPPER, "sh", out_file, *argv], user=user or "",
+                                     environment={**(environment or {}), "CULLIS_EXEC_END": self.EXEC_END})
+        text = out.decode(errors="replace")
+        if text.endswith(self.EXEC_END):
+            text = text[:-len(self.EXEC_END)]
+        else:
+            text = self._kept_output(container, out_file, text)
+        result = ExecResult(rc, text)
         if check and rc != 0:
             raise RuntimeError(f"{argv} on {name} failed with rc {rc}:\n{result.output}")
         return result
+
+    @staticmethod
+    def _kept_output(container, out_file: str, received: str) -> str:
+        """The output a command left in `out_file` on its host, read through the archive API; what
+        was received when the file is not there (a command that stopped the host, say)."""
+        try:
+            stream, _ = container.get_archive(out_file)
+            with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+                member = tar.next()
+                return tar.extractfile(member).read().decode(errors="replace")
+        except Exception:  # noqa: BLE001 - docker.errors.NotFound, a stopped host: keep what came
+            return received
 
     def read_file(self, name: str, path: str, attempts: int = 3) -> str:
         """A file that must not be empty, read on host `name` (docker exec `cat`). Under full load

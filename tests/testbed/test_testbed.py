@@ -202,6 +202,19 @@ def test_hosts_reach_each_other_by_name(split_testbed):
         assert s.recv(8) == b"SSH-2.0-"
 
 
+def test_exec_keeps_output_rc_and_a_copy_when_the_answer_is_lost(split_testbed):
+    """Testbed.exec: stdout and stderr merged, the command's rc, and (docker exec has answered rc 0
+    with no output under load) the output read back from the host when the answer came without it.
+    The wrapper shell is killed here before it prints: the answer is then empty, as when lost."""
+    res = split_testbed.exec("proxy", "echo out; echo err >&2; exit 3")
+    assert (res.rc, res.output) == (3, "out\nerr\n")
+    assert split_testbed.exec("proxy", ["printf", "%s", "no newline"]).output == "no newline"
+    res = split_testbed.exec("proxy", "echo kept; kill -9 $PPID")
+    assert res.rc == 137 and res.output == "kept\n", res
+    as_user = split_testbed.exec("proxy", "id -un", user="nobody")
+    assert as_user.output == "nobody\n", as_user
+
+
 def test_ansible_ping_over_ssh_to_all_six_hosts(split_testbed, tmp_path):
     inventory = split_testbed.write_inventory(tmp_path / "inventory.yml")
     playbook = tmp_path / "ping.yml"
