@@ -46,9 +46,12 @@ def test_redis_whose_picked_port_was_taken_starts_on_another(squatter, tmp_path)
 
 def test_redis_given_a_taken_port_fails_with_the_reason(squatter, tmp_path):
     server = RedisServer(base=tmp_path, port=squatter)
-    with pytest.raises(PortClash, match="redis: process exited"):
-        server.start()
-    assert server.port == squatter  # a port the caller chose is never changed behind its back
+    try:
+        with pytest.raises(PortClash, match="redis: process exited"):
+            server.start()
+        assert server.port == squatter  # a port the caller chose is never changed behind its back
+    finally:
+        server.stop()  # a start that wrongly succeeded leaves no server behind
 
 
 def test_openbao_whose_api_port_was_taken_starts_on_new_ports(squatter):
